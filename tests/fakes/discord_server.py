@@ -1,0 +1,699 @@
+"""A fake Discord (REST API v10, gateway websocket and attachment CDN) on 127.0.0.1.
+
+The real discord.py connects to it through its own seams (see `fixtures.point_discord_py_at`):
+`discord.http.Route.BASE` for REST and interaction webhooks, and
+`DiscordWebSocket.DEFAULT_GATEWAY` for the websocket (a plain `Client` never asks /gateway/bot).
+
+The test plays the human: it uploads attachments to the fake CDN, runs slash commands, clicks
+buttons and submits modals; the fake turns those into INTERACTION_CREATE events built from what
+the bot registered and sent (command schemas, message components, modal layouts), so a test
+cannot click a button the bot never showed. The fake keeps messages, so edits, follow-ups and
+fetches behave like Discord, including its error codes for the usual mistakes (answering an
+interaction twice, editing an unknown message). Flat slash commands only: no subcommands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import yarl
+from aiohttp import WSMsgType, web
+
+from tests.fakes import discord_payloads as dp
+from tests.fakes.recording import FILES, PARAMS, LoopbackServer, UploadedFile, json_response, read_multipart
+
+API_PREFIX = "/api/v10"
+# Route names as recorded (method + Discord's path template).
+ROUTE_CALLBACK = "POST /interactions/{interaction_id}/{interaction_token}/callback"
+ROUTE_EDIT_ORIGINAL = "PATCH /webhooks/{application_id}/{interaction_token}/messages/{message_id}"
+ROUTE_FOLLOWUP = "POST /webhooks/{application_id}/{interaction_token}"
+ROUTE_CREATE_MESSAGE = "POST /channels/{channel_id}/messages"
+ROUTE_EDIT_MESSAGE = "PATCH /channels/{channel_id}/messages/{message_id}"
+ROUTE_TYPING = "POST /channels/{channel_id}/typing"
+ROUTE_GLOBAL_COMMANDS = "PUT /applications/{application_id}/commands"
+ROUTE_GUILD_COMMANDS = "PUT /applications/{application_id}/guilds/{guild_id}/commands"
+
+OPTION_USER, OPTION_ATTACHMENT = 6, 11
+COMPONENT_ACTION_ROW, COMPONENT_BUTTON, COMPONENT_TEXT_INPUT, COMPONENT_LABEL = 1, 2, 4, 18
+
+
+def discord_error(status: int, code: int, message: str) -> web.Response:
+    return json_response({"message": message, "code": code}, status=status)
+
+
+@dataclass
+class FakeInteraction:
+    """An interaction the test started, and what the bot has done with it so far."""
+
+    id: str
+    token: str
+    kind: int
+    user: dp.FakeUser
+    channel: dp.FakeChannel
+    payload: dict[str, Any]
+    source_message_id: str | None = None
+    callback_type: int | None = None
+    original_message_id: str | None = None
+    modal: dict[str, Any] | None = None
+    is_expired: bool = False
+
+
+@dataclass
+class GatewaySession:
+    """One IDENTIFY'd session; dispatches are kept so a RESUME can replay what it missed."""
+
+    session_id: str
+    sequence: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeDiscord(LoopbackServer):
+    def __init__(self, *, token: str = "fake-discord-token", application_id: str | None = None) -> None:
+        super().__init__()
+        self.token = token
+        self._ids = dp.SnowflakeFactory()
+        self.application_id = application_id or self._ids()
+        self.bot_user = dp.FakeUser(id=self.application_id, username="duet-bot", is_bot=True)
+        self.user = dp.FakeUser(id=self._ids(), username="alice")
+        self.channel = dp.FakeChannel(id=self._ids(), kind=dp.CHANNEL_GUILD_TEXT, name="general")
+        self.guild = dp.FakeGuild(
+            id=self._ids(), name="Duet Test Guild", owner=self.user, channels=[self.channel], members=[self.user, self.bot_user]
+        )
+        self.channel.guild_id = self.guild.id
+        self.channels: dict[str, dp.FakeChannel] = {self.channel.id: self.channel}
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.global_commands: list[dict[str, Any]] = []
+        self.guild_commands: dict[str, list[dict[str, Any]]] = {}
+        self.interactions: dict[str, FakeInteraction] = {}
+        self.identifies: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self.upload_limit_bytes = dp.DISCORD_DEFAULT_UPLOAD_LIMIT_BYTES
+        self._cdn: dict[str, tuple[bytes, str]] = {}
+        self._session: GatewaySession | None = None
+        self._socket: web.WebSocketResponse | None = None
+        self._ready = asyncio.Event()
+
+    # -- where the client connects ---------------------------------------------------------
+
+    @property
+    def api_base(self) -> str:
+        return self.base_url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway/"
+
+    # -- the human side: what a test does --------------------------------------------------
+
+    def add_user(self, username: str, *, locale: str = "en-US") -> dp.FakeUser:
+        """Another guild member (e.g. someone who tries to press the owner's Cancel button)."""
+        user = dp.FakeUser(id=self._ids(), username=username, locale=locale)
+        self.guild.members.append(user)
+        return user
+
+    def dm_channel(self, user: dp.FakeUser) -> dp.FakeChannel:
+        """The bot's DM channel with `user`, created on first use as Discord does."""
+        for channel in self.channels.values():
+            if channel.kind == dp.CHANNEL_DM and channel.recipient is user:
+                return channel
+        channel = dp.FakeChannel(id=self._ids(), kind=dp.CHANNEL_DM, name="", recipient=user)
+        self.channels[channel.id] = channel
+        return channel
+
+    def upload_attachment(
+        self, filename: str, data: bytes, *, content_type: str | None = None, width: int | None = None, height: int | None = None
+    ) -> dict[str, Any]:
+        """Put bytes on the fake CDN as a user upload; returns the attachment object to pass as an option value."""
+        attachment_id = self._ids()
+        return self._store_attachment(attachment_id, filename, data, content_type, width, height)
+
+    async def wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Until the bot has identified and received READY and GUILD_CREATE."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def run_slash_command(
+        self, name: str, options: dict[str, Any] | None = None, *, user: dp.FakeUser | None = None, channel: dp.FakeChannel | None = None
+    ) -> FakeInteraction:
+        """Dispatch an APPLICATION_COMMAND interaction for a command the bot registered.
+
+        Option values are plain Python values; an attachment option takes the dict from
+        `upload_attachment` and a user option a `FakeUser`, and both are added to `resolved`.
+        """
+        channel = channel or self.channel
+        command = self._registered_command(name, guild_scoped=channel.guild_id is not None)
+        schema = {option["name"]: option for option in command.get("options", [])}
+        resolved: dict[str, dict[str, Any]] = {}
+        wire_options = []
+        for option_name, value in (options or {}).items():
+            if option_name not in schema:
+                raise KeyError(f"/{name} has no option {option_name!r}; registered: {sorted(schema)}")
+            kind = schema[option_name]["type"]
+            if kind == OPTION_ATTACHMENT:
+                resolved.setdefault("attachments", {})[value["id"]] = value
+                value = value["id"]
+            elif kind == OPTION_USER:
+                resolved.setdefault("users", {})[value.id] = value.payload()
+                resolved.setdefault("members", {})[value.id] = {
+                    k: v for k, v in value.member_payload(self.guild.joined_at).items() if k != "user"
+                }
+                value = value.id
+            wire_options.append({"name": option_name, "type": kind, "value": value})
+        data: dict[str, Any] = {"id": command["id"], "name": name, "type": command.get("type", 1), "options": wire_options}
+        if resolved:
+            data["resolved"] = resolved
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        return await self._dispatch_interaction(dp.INTERACTION_APPLICATION_COMMAND, data, user=user, channel=channel)
+
+    async def click_button(self, message_id: str, custom_id: str, *, user: dp.FakeUser | None = None) -> FakeInteraction:
+        """Press a button the bot put on `message_id` (it must be there and enabled)."""
+        message = self.messages[message_id]
+        button = next((c for c in _walk_components(message["components"]) if c.get("custom_id") == custom_id), None)
+        if button is None or button.get("type") != COMPONENT_BUTTON:
+            raise LookupError(f"message {message_id} has no button {custom_id!r}")
+        if button.get("disabled"):
+            raise PermissionError(f"button {custom_id!r} is disabled")
+        data = {"custom_id": custom_id, "component_type": COMPONENT_BUTTON}
+        channel = self.channels[message["channel_id"]]
+        return await self._dispatch_interaction(
+            dp.INTERACTION_MESSAGE_COMPONENT, data, user=user, channel=channel, message=message
+        )
+
+    async def submit_modal(
+        self, shown_by: FakeInteraction, values: dict[str, str], *, user: dp.FakeUser | None = None
+    ) -> FakeInteraction:
+        """Fill in and submit the modal the bot opened in answer to `shown_by`.
+
+        `values` maps text-input custom ids to the typed text; inputs left out are submitted empty.
+        """
+        if shown_by.modal is None:
+            raise LookupError(f"interaction {shown_by.id} was not answered with a modal")
+        known = {c["custom_id"] for c in _walk_components(shown_by.modal["components"]) if c.get("type") == COMPONENT_TEXT_INPUT}
+        if unknown := set(values) - known:
+            raise KeyError(f"modal {shown_by.modal['custom_id']!r} has no inputs {sorted(unknown)}; it has {sorted(known)}")
+        data = {"custom_id": shown_by.modal["custom_id"], "components": _fill_modal(shown_by.modal["components"], values)}
+        source = self.messages.get(shown_by.source_message_id or "")
+        return await self._dispatch_interaction(
+            dp.INTERACTION_MODAL_SUBMIT, data, user=user or shown_by.user, channel=shown_by.channel, message=source
+        )
+
+    async def wait_for_response(self, interaction: FakeInteraction, timeout: float = 5.0) -> dict[str, Any]:
+        """The bot's initial response (callback body) to `interaction`."""
+        call = await self.wait_for_call(
+            lambda c: c.route == ROUTE_CALLBACK and c.path.split("/")[4] == interaction.id and c.status < 300, timeout=timeout
+        )
+        return call.params
+
+    def expire_interaction(self, interaction: FakeInteraction) -> None:
+        """Make its token invalid, as Discord does after 15 minutes (or 3 s without an answer)."""
+        interaction.is_expired = True
+
+    def rate_limit_next(self, route: str, *, retry_after_s: float = 0.25, is_global: bool = False, times: int = 1) -> None:
+        """Answer the next `times` calls of `route` with 429, headers and body like Discord's."""
+        body = {"message": "You are being rate limited.", "retry_after": retry_after_s, "global": is_global}
+        headers = {
+            "Via": "1.1 google",  # without it discord.py assumes a Cloudflare ban and gives up
+            "Retry-After": str(math.ceil(retry_after_s)),
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset-After": str(retry_after_s),
+            "X-RateLimit-Bucket": "fake-bucket",
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        }
+        if is_global:
+            headers["X-RateLimit-Global"] = "true"
+        self.fail_next(route, 429, body, headers=headers, times=times)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway DISPATCH; kept for replay if the bot is between connections."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("no gateway session: has the bot connected?")
+        session.sequence += 1
+        frame = {"op": 0, "t": event, "s": session.sequence, "d": data}
+        session.history.append(frame)
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.send_str(json.dumps(frame))
+
+    async def request_reconnect(self) -> None:
+        """Gateway op 7: the bot must reconnect and RESUME its session."""
+        self._ready.clear()
+        if self._socket is not None:
+            await self._socket.send_str(json.dumps({"op": 7, "d": None}))
+
+    def cdn_bytes(self, url: str) -> bytes:
+        return self._cdn[yarl.URL(url).path][0]
+
+    # -- server -----------------------------------------------------------------------------
+
+    def _routes(self) -> list[web.RouteDef]:
+        api = API_PREFIX
+        return [
+            web.get("/gateway/", self._gateway),
+            web.get("/cdn/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn_file),
+            web.get(api + "/gateway", self._gateway_info),
+            web.get(api + "/gateway/bot", self._gateway_info),
+            web.get(api + "/users/@me", self._me),
+            web.get(api + "/oauth2/applications/@me", self._application),
+            web.put(api + "/applications/{application_id}/commands", self._put_commands),
+            web.get(api + "/applications/{application_id}/commands", self._get_commands),
+            web.put(api + "/applications/{application_id}/guilds/{guild_id}/commands", self._put_commands),
+            web.get(api + "/applications/{application_id}/guilds/{guild_id}/commands", self._get_commands),
+            web.post(api + "/interactions/{interaction_id}/{interaction_token}/callback", self._callback),
+            web.post(api + "/webhooks/{application_id}/{interaction_token}", self._followup),
+            web.get(api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message),
+            web.patch(api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message),
+            web.delete(api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message),
+            web.get(api + "/channels/{channel_id}", self._get_channel),
+            web.post(api + "/channels/{channel_id}/messages", self._create_message),
+            web.get(api + "/channels/{channel_id}/messages/{message_id}", self._get_message),
+            web.patch(api + "/channels/{channel_id}/messages/{message_id}", self._edit_message),
+            web.delete(api + "/channels/{channel_id}/messages/{message_id}", self._delete_message),
+            web.post(api + "/channels/{channel_id}/typing", self._typing),
+            web.post(api + "/users/@me/channels", self._create_dm),
+            web.route("*", api + "/{tail:.*}", self._unknown_route),
+        ]
+
+    def _route_name(self, request: web.Request) -> str | None:
+        if not request.path.startswith(API_PREFIX):
+            return None
+        canonical = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
+        return f"{request.method} {canonical.removeprefix(API_PREFIX)}"
+
+    async def _parse(self, request: web.Request) -> tuple[Any, tuple[UploadedFile, ...]]:
+        if request.content_type == "multipart/form-data":
+            fields, files = await read_multipart(request)
+            return json.loads(fields.get("payload_json", "null")), files
+        if request.can_read_body:
+            return json.loads(await request.read() or b"null"), ()
+        return None, ()
+
+    def _reject(self, request: web.Request, route: str) -> web.Response | None:
+        if too_big := [f.filename for f in request[FILES] if f.size_bytes > self.upload_limit_bytes]:
+            return discord_error(413, 40005, f"Request entity too large: {too_big}")
+        # Interaction callbacks and webhooks are authorised by the token in their path.
+        is_token_route = " /interactions/" in route or " /webhooks/" in route or route.startswith("GET /gateway")
+        if not is_token_route and request.headers.get("Authorization") != f"Bot {self.token}":
+            return discord_error(401, 0, "401: Unauthorized")
+        return None
+
+    async def _before_close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+
+    # -- gateway ----------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._socket = socket
+        await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
+                break
+            frame = json.loads(message.data)
+            if frame["op"] == 1:
+                await socket.send_str(json.dumps({"op": 11}))
+            elif frame["op"] == 2:
+                await self._identify(frame["d"])
+            elif frame["op"] == 6:
+                await self._resume(socket, frame["d"])
+        if self._socket is socket:
+            self._socket = None
+        return socket
+
+    async def _identify(self, identify: dict[str, Any]) -> None:
+        if identify.get("token") != self.token:
+            assert self._socket is not None
+            await self._socket.close(code=4004, message=b"Authentication failed.")
+            return
+        self.identifies.append(identify)
+        self._session = GatewaySession(session_id=secrets.token_hex(8))
+        await self.dispatch(
+            "READY",
+            {
+                "v": 10,
+                "user": self.bot_user.payload(),
+                "guilds": [{"id": self.guild.id, "unavailable": True}],
+                "session_id": self._session.session_id,
+                "resume_gateway_url": self.gateway_url,
+                "application": {"id": self.application_id, "flags": 0},
+                "private_channels": [],
+                "relationships": [],
+            },
+        )
+        await self.dispatch("GUILD_CREATE", self.guild.payload())
+        self._ready.set()
+
+    async def _resume(self, socket: web.WebSocketResponse, resume: dict[str, Any]) -> None:
+        self.resumes.append(resume)
+        session = self._session
+        if session is None or resume.get("session_id") != session.session_id or resume.get("token") != self.token:
+            await socket.send_str(json.dumps({"op": 9, "d": False}))
+            return
+        for frame in session.history:
+            if frame["s"] > (resume.get("seq") or 0):
+                await socket.send_str(json.dumps(frame))
+        await self.dispatch("RESUMED", {})
+        self._ready.set()
+
+    # -- REST: identity and commands --------------------------------------------------------
+
+    async def _gateway_info(self, request: web.Request) -> web.Response:
+        limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
+        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return json_response(self.bot_user.payload())
+
+    async def _application(self, request: web.Request) -> web.Response:
+        return json_response(
+            {
+                "id": self.application_id,
+                "name": "Duet",
+                "description": "",
+                "icon": None,
+                "bot_public": False,
+                "bot_require_code_grant": False,
+                "owner": self.user.payload(),
+                "verify_key": "00" * 32,
+                "flags": 0,
+                "bot": self.bot_user.payload(),
+                "team": None,
+                "summary": "",
+            }
+        )
+
+    async def _put_commands(self, request: web.Request) -> web.Response:
+        guild_id = request.match_info.get("guild_id")
+        stored = []
+        for command in request[PARAMS]:
+            existing = self._find_command(command["name"], guild_id)
+            stored.append(
+                command
+                | {
+                    "id": existing["id"] if existing else self._ids(),
+                    "application_id": self.application_id,
+                    "version": self._ids(),
+                    "type": command.get("type", 1),
+                    **({"guild_id": guild_id} if guild_id else {}),
+                }
+            )
+        if guild_id:
+            self.guild_commands[guild_id] = stored
+        else:
+            self.global_commands = stored
+        return json_response(stored)
+
+    async def _get_commands(self, request: web.Request) -> web.Response:
+        guild_id = request.match_info.get("guild_id")
+        return json_response(self.guild_commands.get(guild_id, []) if guild_id else self.global_commands)
+
+    def _find_command(self, name: str, guild_id: str | None) -> dict[str, Any] | None:
+        commands = self.guild_commands.get(guild_id, []) if guild_id else self.global_commands
+        return next((c for c in commands if c["name"] == name), None)
+
+    def _registered_command(self, name: str, *, guild_scoped: bool) -> dict[str, Any]:
+        # Guild commands shadow global ones in that guild, as in the Discord client.
+        command = (self._find_command(name, self.guild.id) if guild_scoped else None) or self._find_command(name, None)
+        if command is None:
+            raise LookupError(f"/{name} is not registered (global: {[c['name'] for c in self.global_commands]})")
+        return command
+
+    # -- REST: interactions -----------------------------------------------------------------
+
+    async def _dispatch_interaction(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        *,
+        user: dp.FakeUser | None,
+        channel: dp.FakeChannel,
+        message: dict[str, Any] | None = None,
+    ) -> FakeInteraction:
+        user = user or self.user
+        guild = self.guild if channel.guild_id else None
+        interaction_id, token = self._ids(), "itok-" + secrets.token_urlsafe(24)
+        payload = dp.interaction_payload(
+            interaction_id=interaction_id,
+            token=token,
+            application_id=self.application_id,
+            kind=kind,
+            data=data,
+            user=user,
+            channel=channel,
+            guild=guild,
+            message=message,
+            attachment_size_limit=self.upload_limit_bytes,
+        )
+        interaction = FakeInteraction(
+            id=interaction_id,
+            token=token,
+            kind=kind,
+            user=user,
+            channel=channel,
+            payload=payload,
+            source_message_id=message["id"] if message else None,
+        )
+        self.interactions[token] = interaction
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return interaction
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        interaction = self.interactions.get(request.match_info["interaction_token"])
+        if interaction is None or interaction.id != request.match_info["interaction_id"] or interaction.is_expired:
+            return discord_error(404, 10062, "Unknown interaction")
+        if interaction.callback_type is not None:
+            return discord_error(400, 40060, "Interaction has already been acknowledged.")
+        body, files = request[PARAMS], request[FILES]
+        kind, data = body["type"], body.get("data") or {}
+        if kind == dp.CALLBACK_MODAL and interaction.kind == dp.INTERACTION_MODAL_SUBMIT:
+            return discord_error(400, 50035, "Invalid Form Body: a modal cannot answer a modal submit")
+        if kind in (dp.CALLBACK_UPDATE_MESSAGE, dp.CALLBACK_DEFERRED_UPDATE) and interaction.source_message_id is None:
+            return discord_error(400, 50035, "Invalid Form Body: no message to update")
+        interaction.callback_type = kind
+        message = None
+        if kind in (dp.CALLBACK_MESSAGE, dp.CALLBACK_DEFERRED_MESSAGE):
+            flags = data.get("flags", 0) & dp.MESSAGE_FLAG_EPHEMERAL
+            if kind == dp.CALLBACK_DEFERRED_MESSAGE:
+                data, flags = {}, flags | dp.MESSAGE_FLAG_LOADING
+            message = self._new_message(interaction.channel, data, files, flags=flags, interaction=interaction)
+            interaction.original_message_id = message["id"]
+        elif kind == dp.CALLBACK_UPDATE_MESSAGE:
+            message = self._apply_edit(self.messages[interaction.source_message_id or ""], data, files)
+        elif kind == dp.CALLBACK_MODAL:
+            interaction.modal = data
+        answer: dict[str, Any] = {"interaction": {"id": interaction.id, "type": interaction.kind}, "resource": {"type": kind}}
+        if message is not None:
+            answer["interaction"] |= {
+                "response_message_id": message["id"],
+                "response_message_loading": bool(message["flags"] & dp.MESSAGE_FLAG_LOADING),
+                "response_message_ephemeral": bool(message["flags"] & dp.MESSAGE_FLAG_EPHEMERAL),
+            }
+            answer["resource"]["message"] = message
+        return json_response(answer)
+
+    def _interaction_for_webhook(self, request: web.Request) -> FakeInteraction | None:
+        interaction = self.interactions.get(request.match_info["interaction_token"])
+        if interaction is None or interaction.is_expired or request.match_info["application_id"] != self.application_id:
+            return None
+        return interaction
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        interaction = self._interaction_for_webhook(request)
+        if interaction is None or interaction.callback_type is None:
+            return discord_error(404, 10015, "Unknown Webhook")
+        data, files = request[PARAMS], request[FILES]
+        original = self.messages.get(interaction.original_message_id or "")
+        if original is not None and original["flags"] & dp.MESSAGE_FLAG_LOADING:
+            # The first follow-up after a defer replaces the "thinking…" message, keeping its flags.
+            message = self._apply_edit(original, data, files)
+            message["flags"] &= ~dp.MESSAGE_FLAG_LOADING
+        else:
+            flags = data.get("flags", 0) & dp.MESSAGE_FLAG_EPHEMERAL
+            message = self._new_message(interaction.channel, data, files, flags=flags, interaction=interaction)
+        if request.query.get("wait") in ("1", "true", "True"):
+            return json_response(message)
+        return web.Response(status=204)
+
+    async def _webhook_message(self, request: web.Request) -> web.Response:
+        interaction = self._interaction_for_webhook(request)
+        if interaction is None:
+            return discord_error(404, 10015, "Unknown Webhook")
+        message_id = request.match_info["message_id"]
+        if message_id == "@original":
+            message_id = interaction.original_message_id or ""
+        message = self.messages.get(message_id)
+        if message is None or message.get("interaction_metadata", {}).get("id") != interaction.id:
+            return discord_error(404, 10008, "Unknown Message")
+        if request.method == "DELETE":
+            del self.messages[message_id]
+            return web.Response(status=204)
+        if request.method == "PATCH":
+            self._apply_edit(message, request[PARAMS] or {}, request[FILES])
+            message["flags"] &= ~dp.MESSAGE_FLAG_LOADING
+        return json_response(message)
+
+    # -- REST: channels and messages --------------------------------------------------------
+
+    def _channel_or_error(self, request: web.Request) -> dp.FakeChannel | web.Response:
+        channel = self.channels.get(request.match_info["channel_id"])
+        return channel if channel is not None else discord_error(404, 10003, "Unknown Channel")
+
+    async def _get_channel(self, request: web.Request) -> web.Response:
+        channel = self._channel_or_error(request)
+        return channel if isinstance(channel, web.Response) else json_response(channel.payload())
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        channel = self._channel_or_error(request)
+        if isinstance(channel, web.Response):
+            return channel
+        data, files = request[PARAMS], request[FILES]
+        reference = data.get("message_reference")
+        if reference is not None and reference.get("message_id") not in self.messages:
+            return discord_error(400, 50035, "Invalid Form Body: unknown message_reference")
+        return json_response(self._new_message(channel, data, files, flags=data.get("flags", 0), reference=reference))
+
+    def _message_or_error(self, request: web.Request) -> dict[str, Any] | web.Response:
+        message = self.messages.get(request.match_info["message_id"])
+        if message is None or message["channel_id"] != request.match_info["channel_id"]:
+            return discord_error(404, 10008, "Unknown Message")
+        return message
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        message = self._message_or_error(request)
+        return message if isinstance(message, web.Response) else json_response(message)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        message = self._message_or_error(request)
+        if isinstance(message, web.Response):
+            return message
+        if message["author"]["id"] != self.bot_user.id:
+            return discord_error(403, 50005, "Cannot edit a message authored by another user")
+        return json_response(self._apply_edit(message, request[PARAMS] or {}, request[FILES]))
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        message = self._message_or_error(request)
+        if isinstance(message, web.Response):
+            return message
+        del self.messages[message["id"]]
+        return web.Response(status=204)
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        channel = self._channel_or_error(request)
+        return channel if isinstance(channel, web.Response) else web.Response(status=204)
+
+    async def _create_dm(self, request: web.Request) -> web.Response:
+        recipient = next((u for u in self.guild.members if u.id == str(request[PARAMS]["recipient_id"])), None)
+        if recipient is None:
+            return discord_error(400, 50007, "Cannot send messages to this user")
+        return json_response(self.dm_channel(recipient).payload())
+
+    async def _cdn_file(self, request: web.Request) -> web.Response:
+        stored = self._cdn.get(request.path)
+        if stored is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=stored[0], content_type=stored[1])
+
+    async def _unknown_route(self, request: web.Request) -> web.Response:
+        return discord_error(404, 0, f"404: Not Found (the fake does not implement {request.method} {request.path})")
+
+    # -- message store ----------------------------------------------------------------------
+
+    def _store_attachment(
+        self, attachment_id: str, filename: str, data: bytes, content_type: str | None, width: int | None, height: int | None
+    ) -> dict[str, Any]:
+        path = f"/cdn/attachments/{self.channel.id}/{attachment_id}/{filename}"
+        self._cdn[path] = (data, content_type or "application/octet-stream")
+        return dp.attachment_payload(
+            attachment_id=attachment_id,
+            filename=filename,
+            size=len(data),
+            url=self.base_url + path + "?ex=fake&is=fake&hm=fake",
+            content_type=content_type,
+            width=width,
+            height=height,
+        )
+
+    def _attachments_from(self, data: dict[str, Any], files: tuple[UploadedFile, ...], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Resolve `attachments` of a create/edit body: ids of kept ones, or indexes of `files[n]`."""
+        by_field = {f.field: f for f in files}
+        kept_by_id = {a["id"]: a for a in kept}
+        result = []
+        for item in data.get("attachments", [{"id": str(i)} for i in range(len(files))]):
+            item_id = str(item["id"])
+            if item_id in kept_by_id:
+                result.append(kept_by_id[item_id])
+            elif (upload := by_field.get(f"files[{item_id}]")) is not None:
+                filename = item.get("filename") or upload.filename
+                result.append(self._store_attachment(self._ids(), filename, upload.data, upload.content_type, None, None))
+        return result
+
+    def _new_message(
+        self,
+        channel: dp.FakeChannel,
+        data: dict[str, Any],
+        files: tuple[UploadedFile, ...],
+        *,
+        flags: int,
+        interaction: FakeInteraction | None = None,
+        reference: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        message = dp.message_payload(
+            message_id=self._ids(),
+            channel=channel,
+            author=self.bot_user,
+            content=data.get("content") or "",
+            attachments=self._attachments_from(data, files, []),
+            embeds=data.get("embeds"),
+            components=data.get("components"),
+            flags=flags,
+            application_id=self.application_id,
+            interaction_metadata=(
+                dp.interaction_metadata(interaction_id=interaction.id, kind=interaction.kind, user=interaction.user)
+                if interaction
+                else None
+            ),
+            message_reference=reference,
+        )
+        self.messages[message["id"]] = message
+        return message
+
+    def _apply_edit(self, message: dict[str, Any], data: dict[str, Any], files: tuple[UploadedFile, ...]) -> dict[str, Any]:
+        for key in ("content", "embeds", "components"):
+            if key in data:
+                message[key] = data[key] if data[key] is not None else ([] if key != "content" else "")
+        if "attachments" in data or files:
+            message["attachments"] = self._attachments_from(data, files, message["attachments"])
+        message["edited_timestamp"] = dp.timestamp_now()
+        return message
+
+
+def _walk_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every component in a layout, depth first (rows, labels, containers, sections)."""
+    found = []
+    for component in components:
+        found.append(component)
+        found += _walk_components(component.get("components", []))
+        if "component" in component:
+            found += _walk_components([component["component"]])
+    return found
+
+
+def _fill_modal(components: list[dict[str, Any]], values: dict[str, str]) -> list[dict[str, Any]]:
+    """The MODAL_SUBMIT `components`: the shown layout reduced to rows/labels with typed values."""
+    filled = []
+    for component in components:
+        if component["type"] == COMPONENT_ACTION_ROW:
+            filled.append({"type": COMPONENT_ACTION_ROW, "components": _fill_modal(component["components"], values)})
+        elif component["type"] == COMPONENT_LABEL:
+            filled.append({"type": COMPONENT_LABEL, "component": _fill_modal([component["component"]], values)[0]})
+        elif component["type"] == COMPONENT_TEXT_INPUT:
+            custom_id = component["custom_id"]
+            filled.append({"type": COMPONENT_TEXT_INPUT, "custom_id": custom_id, "value": values.get(custom_id, "")})
+    return filled
