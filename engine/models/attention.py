@@ -1,0 +1,53 @@
+"""The one attention seam of the engine's models.
+
+Every attention in the model files goes through `attention(q, k, v, backend=...)`, so a faster kernel or a
+sequence-parallel wrapper (engine/parallel registers one) applies everywhere without touching the models. The
+built-in backends are PyTorch's `scaled_dot_product_attention`, which dispatches to FlashAttention / memory-efficient
+kernels on GPUs. Model files never import flash-attn, SageAttention or xfuser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+DEFAULT_BACKEND = "sdpa"
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The unfused kernel: slow, but the same arithmetic on every device (for debugging numerics)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+_BACKENDS: dict[str, AttentionFn] = {"sdpa": _sdpa, "math": _sdpa_math}
+
+
+def register_attention_backend(name: str, fn: AttentionFn) -> None:
+    """Make `fn` selectable as `backend=name`; it must honour `attention`'s contract (layout, scale, no mask)."""
+    _BACKENDS[name] = fn
+
+
+def attention_backends() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = DEFAULT_BACKEND) -> torch.Tensor:
+    """Non-causal, unmasked softmax attention with scale 1/sqrt(head_dim).
+
+    q: [B, H, Lq, d], k: [B, H, Lk, d], v: [B, H, Lk, dv] -> [B, H, Lq, dv], in the inputs' dtype.
+    """
+    try:
+        fn = _BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {backend!r}; known: {', '.join(_BACKENDS)}") from None
+    return fn(q, k, v)
