@@ -3,7 +3,6 @@ and the tests assert on the REST calls the fake recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 import discord
@@ -18,6 +17,7 @@ from tests.fakes.discord_server import (
     FakeDiscord,
 )
 from tests.fakes.fixtures import fake_discord, running_discord_client  # noqa: F401
+from tests.fakes.recording import wait_until
 
 PHOTO = b"\x89PNG\r\n\x1a\nnot-really-a-png-but-bytes-are-bytes"
 RESULT = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
@@ -182,7 +182,7 @@ async def test_upload_over_the_limit_is_refused_with_40005(fake_discord: FakeDis
         photo = fake_discord.upload_attachment("alice.png", PHOTO)
         await fake_discord.run_slash_command("talk", {"photo": photo, "line": "A: hi"})
         refused = await fake_discord.wait_for_call(ROUTE_CREATE_MESSAGE)
-        await _until(lambda: bool(bot.errors))
+        await wait_until(lambda: bool(bot.errors))
 
     assert refused.status == 413
     error = bot.errors[0]
@@ -206,10 +206,3 @@ async def test_wrong_token_is_refused_at_login(fake_discord: FakeDiscord, bot: P
     await bot.close()
     assert fake_discord.calls()[0].status == 401
 
-
-async def _until(condition: object, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)

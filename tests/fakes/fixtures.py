@@ -85,17 +85,27 @@ def telegram_app_builder(fake: FakeTelegram) -> ApplicationBuilder:
 
 @asynccontextmanager
 async def running_telegram_app(application: Application, *, poll_timeout_s: int = 1) -> AsyncIterator[Application]:
-    """Initialise `application`, poll the fake for updates until the block ends, then shut down.
+    """Run `application` with polling against the fake until the block ends, then shut it down.
 
-    A short long-poll timeout keeps the final getUpdates (PTB's "mark updates as read" call on
-    stop) from delaying teardown; the fake also ends pending polls when it closes.
+    Same order as `Application.run_polling` (initialize, post_init, polling, start; then updater
+    stop, stop, post_stop, shutdown, post_shutdown), without taking over the event loop. A short
+    long-poll timeout keeps PTB's last getUpdates on stop from delaying teardown.
     """
-    async with application:
-        await application.start()
+    await application.initialize()
+    try:
+        if application.post_init is not None:
+            await application.post_init(application)
         assert application.updater is not None
         await application.updater.start_polling(poll_interval=0.0, timeout=poll_timeout_s)
+        await application.start()
         try:
             yield application
         finally:
             await application.updater.stop()
             await application.stop()
+            if application.post_stop is not None:
+                await application.post_stop(application)
+    finally:
+        await application.shutdown()
+        if application.post_shutdown is not None:
+            await application.post_shutdown(application)

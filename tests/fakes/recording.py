@@ -122,6 +122,18 @@ class CallLog:
                 pass
 
 
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0) -> None:
+    """Until `condition()` holds (checked every 10 ms) or fail after `timeout` seconds.
+
+    For state only the bot sees (what a handler stored); wire traffic has `wait_for_call`.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition still false after {timeout}s")
+        await asyncio.sleep(0.01)
+
+
 def _as_predicate(match: CallMatcher) -> Callable[[RecordedCall], bool]:
     if callable(match):
         return match
