@@ -1,0 +1,162 @@
+"""Reading checkpoints: sharded safetensors through the index, safe `.pth` reads, and errors that name the problem."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engine.models.clip import CLIPConfig, WanCLIPImageEncoder
+from engine.models.dit import DiTConfig, MultiTalkDiT
+from engine.models.t5 import T5Config
+from engine.weights import DIT_INDEX_FILE, WeightsError, load_dit, load_t5, parameters_on_meta
+
+
+@pytest.fixture()
+def t5_state(load_fixture) -> dict[str, torch.Tensor]:
+    return dict(load_fixture("t5/reference_state_dict"))
+
+
+def _load_t5(state, tmp_path):
+    path = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    torch.save(state, path)
+    return load_t5(path, config=T5Config.tiny(), dtype=torch.float32)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(WeightsError, match=r"checkpoint file not found: .*models_t5_umt5-xxl-enc-bf16\.pth"):
+        load_t5(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth", config=T5Config.tiny())
+
+
+def test_truncated_pth_is_named(t5_state, tmp_path):
+    path = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
+    torch.save(t5_state, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"cannot read .*models_t5_umt5-xxl-enc-bf16\.pth"):
+        load_t5(path, config=T5Config.tiny())
+
+
+class _NotATensor:
+    """Pickling this makes a file that only a full (unsafe) unpickler would load."""
+
+
+def test_pickled_objects_are_never_unpickled(t5_state, tmp_path):
+    path = tmp_path / "t5.pth"
+    torch.save({**t5_state, "payload": _NotATensor()}, path)
+    with pytest.raises(WeightsError, match=r"cannot read .*t5\.pth"):
+        load_t5(path, config=T5Config.tiny())
+
+
+def test_missing_key_is_named(t5_state, tmp_path):
+    del t5_state["blocks.1.attn.q.weight"]
+    with pytest.raises(WeightsError, match=r"keys missing from the checkpoint: model\.encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight"):
+        _load_t5(t5_state, tmp_path)
+
+
+def test_unexpected_key_is_named_with_its_file(t5_state, tmp_path):
+    t5_state["blocks.1.attn.extra.weight"] = torch.zeros(2)
+    with pytest.raises(WeightsError, match=r"unexpected keys .*t5_umt5-xxl-enc-bf16\.pth \[blocks\.1\.attn\.extra\.weight\]"):
+        _load_t5(t5_state, tmp_path)
+
+
+def test_wrong_shape_is_named_with_both_shapes(t5_state, tmp_path):
+    t5_state["norm.weight"] = torch.ones(31)
+    with pytest.raises(WeightsError, match=r"wrong shape for model\.encoder\.final_layer_norm\.weight .*\[norm\.weight\]: \[31\] in the checkpoint, \[32\] in the model"):
+        _load_t5(t5_state, tmp_path)
+
+
+def test_weights_error_keeps_paths_out_of_the_user_message(tmp_path):
+    with pytest.raises(WeightsError) as caught:
+        load_t5(tmp_path / "t5.pth", config=T5Config.tiny())
+    assert str(tmp_path) not in caught.value.user_message
+    assert str(tmp_path) in caught.value.admin_detail
+
+
+def test_models_are_built_with_meta_parameters_and_real_buffers():
+    with parameters_on_meta():
+        encoder = WanCLIPImageEncoder(CLIPConfig.tiny())
+    assert {p.device.type for p in encoder.parameters()} == {"meta"}
+    torch.testing.assert_close(encoder.vision.embeddings.position_ids, torch.arange(5).unsqueeze(0))
+    torch.testing.assert_close(encoder.pixel_mean.flatten(), torch.tensor(CLIPConfig.mean))
+
+
+# --- the DiT folder: Wan shards + multitalk.safetensors behind the MultiTalk index --------------------------
+
+
+@pytest.fixture(scope="module")
+def dit_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {key: value.clone() for key, value in MultiTalkDiT(DiTConfig.tiny()).state_dict().items()}
+
+
+def _write_dit_folder(folder, state) -> None:
+    """Base keys over two shards, MultiTalk's audio keys in their own file, one index over all three."""
+    base = sorted(key for key in state if "audio" not in key and "norm_x" not in key)
+    files = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": base[: len(base) // 2],
+        "diffusion_pytorch_model-00002-of-00002.safetensors": base[len(base) // 2 :],
+        "multitalk.safetensors": sorted(set(state) - set(base)),
+    }
+    weight_map = {}
+    for name, keys in files.items():
+        save_file({key: state[key].contiguous() for key in keys}, folder / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    (folder / DIT_INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config = DiTConfig.tiny()
+    (folder / "config.json").write_text(json.dumps({"model_type": "i2v", "dim": config.dim, "num_layers": config.num_layers}))
+
+
+def test_dit_loads_through_the_index_from_all_shards(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, dit_state)
+    model = load_dit(tmp_path, config=DiTConfig.tiny(), dtype=torch.float32)
+    loaded = model.state_dict()
+    assert loaded.keys() == dit_state.keys()
+    for key, value in dit_state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    assert any(key.startswith("audio_proj.") for key in loaded)
+
+
+def test_dit_is_bf16_by_default(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, dit_state)
+    model = load_dit(tmp_path, config=DiTConfig.tiny())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_dit_shard_named_by_the_index_but_absent_is_named(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, dit_state)
+    (tmp_path / "multitalk.safetensors").unlink()
+    with pytest.raises(WeightsError, match=r"checkpoint file not found: .*multitalk\.safetensors"):
+        load_dit(tmp_path, config=DiTConfig.tiny())
+
+
+def test_truncated_dit_shard_is_named(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, dit_state)
+    shard = tmp_path / "multitalk.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(WeightsError, match=r"cannot read .*multitalk\.safetensors"):
+        load_dit(tmp_path, config=DiTConfig.tiny())
+
+
+def test_dit_index_that_misplaces_a_key_is_named(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, dit_state)
+    index = json.loads((tmp_path / DIT_INDEX_FILE).read_text())
+    index["weight_map"]["audio_proj.norm.weight"] = "diffusion_pytorch_model-00001-of-00002.safetensors"
+    (tmp_path / DIT_INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match=r"maps audio_proj\.norm\.weight to diffusion_pytorch_model-00001-of-00002"):
+        load_dit(tmp_path, config=DiTConfig.tiny())
+
+
+def test_dit_index_without_the_multitalk_keys_is_refused(dit_state, tmp_path):
+    """A base Wan index (not replaced by MultiTalk's) lists no audio keys: missing keys, named."""
+    _write_dit_folder(tmp_path, {k: v for k, v in dit_state.items() if not k.startswith("audio_proj.")})
+    with pytest.raises(WeightsError, match=r"keys missing from the checkpoint: audio_proj\."):
+        load_dit(tmp_path, config=DiTConfig.tiny())
+
+
+def test_dit_folder_for_another_network_is_refused(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, dit_state)
+    (tmp_path / "config.json").write_text(json.dumps({"dim": 5120, "num_layers": 40}))
+    with pytest.raises(WeightsError, match=r"config\.json: dim is 5120, the DiT config has 64"):
+        load_dit(tmp_path, config=DiTConfig.tiny())
