@@ -217,7 +217,8 @@ _NOT_NAMES = frozenset(
     and also first second third finally why what how because however therefore meanwhile later
     today tomorrow yesterday here there this that it he she they we you i my our your their
     注意 注 备注 備註 提示 说明 說明 例如 比如 总结 總結 结论 結論 时间 時間 日期 原因 结果 結果 答案
-    更新 警告 重要 翻译 翻譯 然后 然後 但是 所以 因为 因為 首先 其次 最后 最後 比方 问题 問題""".split()
+    更新 警告 重要 翻译 翻譯 然后 然後 但是 所以 因为 因為 首先 其次 最后 最後 比方 问题 問題
+    今天 明天 后天 後天 昨天 前天 早上 上午 中午 下午 晚上 现在 現在 后来 後來 目前 其实 其實 另外""".split()
 )
 _SPEECH_VERB_ENDINGS = ("说", "說", "道", "问", "問", "答", "讲", "講", "表示", "回答", "认为", "認為", "觉得", "覺得", "想")
 _PRONOUN_STARTS = ("我", "你", "您", "他", "她", "它", "这", "這", "那", "大家")
@@ -282,7 +283,7 @@ _INLINE_LABEL = re.compile(
     r"(?P<label>[sSＳｓ]\s*[0-9０-９]{1,3}|" + _ROLE.pattern + r"|[A-Z甲乙丙丁])\s*(?P<colon>[:：])",
     re.IGNORECASE,
 )
-_SENTENCE_END = frozenset(".!?。！？…~～;；|")
+_SENTENCE_END = frozenset(".!?。！？…~～;；|｜/")
 _DIRECTION = re.compile(r"[(（]([^()（）]*)[)）]|[\[【]([^\[\]【】]*)[\]】]")
 
 
@@ -342,7 +343,8 @@ def _leading_label(body: str, line_no: int) -> _Piece | None:
 
 
 def _inline_split(piece: _Piece) -> list[_Piece]:
-    """Split a piece at `(s2)` anywhere, and at `s2:` / `角色2:` / `B:` after a sentence end."""
+    """Split a piece at `(s2)` anywhere, and at a label of its own family: `s2:` / `角色2:` after a
+    space or sentence end, `B:` / `乙：` only after a sentence end (so "plan B: …" stays text)."""
     cuts: list[tuple[int, int, _Label]] = []
     for match in _BRACKET_TAG.finditer(piece.text):
         number = int(unicodedata.normalize("NFKC", match[1]))
@@ -350,7 +352,9 @@ def _inline_split(piece: _Piece) -> list[_Piece]:
     if piece.label is not None and piece.label.is_strong:
         for match in _INLINE_LABEL.finditer(piece.text):
             label = _classify(match["label"])
-            if label is None or not label.is_strong or not _colon_ends_label(piece.text, match.end(), label):
+            if label is None or label.family != piece.label.family:
+                continue  # "A: I use s2: the new server" — another family inline is text
+            if not _colon_ends_label(piece.text, match.end(), label):
                 continue
             before = piece.text[: match.start()].rstrip()
             boundary = not before or before[-1] in _SENTENCE_END

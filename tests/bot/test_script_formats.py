@@ -157,3 +157,26 @@ def test_to_json_is_exactly_speaker_and_text() -> None:
         {"speaker": "A", "text": "Hi"},
         {"speaker": "B", "text": "Yo"},
     ]
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "Speaker 1: Hi there. Speaker 2: Hello!",
+        "s1: Hi there. s2: Hello!",
+        "s1: Hi there s2: Hello!",
+        "A: Hi there! / B: Hello!",
+    ],
+)
+def test_several_colon_labels_on_one_line(script: str) -> None:
+    assert [line.speaker for line in _parse(script).lines] == ["A", "B"]
+
+
+def test_a_label_of_another_family_inside_a_line_is_text() -> None:
+    dialogue = _parse("A: I moved it to s2: the new server.\nB: Thanks.")
+    assert dialogue.lines[0].text == "I moved it to s2: the new server."
+
+
+def test_chinese_time_words_with_colons_do_not_make_a_named_script() -> None:
+    dialogue = _parse("今天天气很好。\n明天：可能下雨。\n后天：晴天。\n好的。")
+    assert dialogue.format == ScriptFormat.FREE and len(dialogue.lines) == 4
