@@ -2,7 +2,7 @@
 
 from engine.models.attention import attention, register_attention_backend
 from engine.models.audio_proj import AudioProjConfig, AudioProjection
-from engine.models.dit import DiTConditioning, DiTConfig, MultiTalkDiT
+from engine.models.dit import DiTConditioning, DiTConfig, MultiTalkDiT, SequenceShard
 
 __all__ = [
     "AudioProjConfig",
@@ -10,6 +10,7 @@ __all__ = [
     "DiTConditioning",
     "DiTConfig",
     "MultiTalkDiT",
+    "SequenceShard",
     "attention",
     "register_attention_backend",
 ]

@@ -7,8 +7,9 @@ reference state dict as is. Pure compute: no file I/O, no distributed calls; eve
 `engine.models.attention.attention`.
 
 Precision follows the reference when the weights are bf16 (spec §12.1-2): norms and modulation in fp32, the
-residual stream rounded back to the weight dtype after every residual add, the time embedding and the head in fp32
-math on the stored weights (`FP32_COMPUTE_MODULES`), rotary embeddings in fp32, the output in fp32.
+residual stream rounded back to the weight dtype after every residual add, rotary embeddings in fp32, the output in
+fp32. The fp32 islands with weights (the reference's fp32 autocast) are `time_embedding`, `time_projection` and
+`head.head`: they run through `_run_fp32` on upcast copies of the stored weights.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ from torch.func import functional_call
 
 from engine.models.attention import DEFAULT_BACKEND, attention
 from engine.models.audio_proj import AudioProjConfig, AudioProjection
-
-# Submodules whose matmuls run in fp32 on upcast weights whatever the model dtype (the reference's fp32 autocast).
-FP32_COMPUTE_MODULES = ("time_embedding", "time_projection", "head.head")
-
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -46,7 +43,6 @@ class DiTConfig:
     image_tokens: int = 257  # CLIP class token + 16x16 patches; they come first in the context
     eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_max_positions: int = 1024  # per axis, as the reference's RoPE table
     label_range: int = 24  # L-RoPE: speaker 1 labels [0, 4], speaker 2 [20, 24], background 12
     label_interval: int = 4
     audio: AudioProjConfig = field(default_factory=AudioProjConfig)
@@ -60,10 +56,6 @@ class DiTConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
-    @property
-    def context_len(self) -> int:
-        return self.image_tokens + self.text_len
-
     @classmethod
     def tiny(cls) -> DiTConfig:
         """Two layers of width 64 (4 heads of 16): the production classes at a size CPU tests can run."""
@@ -71,6 +63,36 @@ class DiTConfig:
             dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=32, text_dim=32, text_len=16, image_dim=32,
             audio=AudioProjConfig.tiny(),
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sequence layout
+
+
+class SequenceShard:
+    """Where a block's tokens sit in the full sequence, and the cross-rank reductions the blocks need.
+
+    The blocks ask three things of the whole sequence: latent frame 0's keys (reference map), the min/max of each
+    speaker's map (L-RoPE labels) and which latent frame each token belongs to (audio attention). This base class is
+    one rank holding every token: offset 0 and identity collectives. engine/parallel subclasses it for a token
+    split; the model code path is the same either way.
+    """
+
+    offset = 0  # index of the first local token in the full sequence
+
+    def gather_tokens(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """All ranks' tokens of `x`, concatenated along `dim` in sequence order."""
+        return x
+
+    def global_min(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise min of `x` over the ranks."""
+        return x
+
+    def global_max(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+WHOLE_SEQUENCE = SequenceShard()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,24 +151,29 @@ def reference_attention_map(
     """How much each token attends to each region of the reference frame (spec §3.8).
 
     q: [B, H, L, d] RoPE'd queries; ref_k: [B, H, S, d] RoPE'd keys of latent frame 0; token_masks: [C, S].
-    Returns [B, C, L]: per region c, the head-mean of sum over the region's keys of softmax(q·kᵀ/√d), divided by the
-    region's size. That equals attention with values mask_c / |mask_c|, so the [L, S] matrix is never materialised.
+    Returns [B, C, L]: per region c, the head-mean of the sum over the region's keys of softmax(q·kᵀ/√d), divided by
+    the region's size. That is attention with values mask_c / |mask_c|, so the [L, S] matrix is never materialised.
     """
     masks = token_masks.float()
+    regions = masks.shape[0]
     values = (masks / masks.sum(-1, keepdim=True)).to(q.dtype).t()  # [S, C]
-    values = values.expand(*ref_k.shape[:2], *values.shape)  # [B, H, S, C]
-    return attention(q, ref_k, values, backend=backend).mean(1).transpose(1, 2)
+    values = F.pad(values, (0, -regions % 8))  # fused GPU kernels need a value width divisible by 8
+    values = values.expand(*ref_k.shape[:2], *values.shape)  # [B, H, S, C + pad]
+    return attention(q, ref_k, values, backend=backend)[..., :regions].mean(1).transpose(1, 2)
 
 
-def speaker_label_positions(ref_map: torch.Tensor, label_range: int, label_interval: int) -> torch.Tensor:
+def speaker_label_positions(
+    ref_map: torch.Tensor, label_range: int, label_interval: int, shard: SequenceShard = WHOLE_SEQUENCE
+) -> torch.Tensor:
     """L-RoPE label of every visual token (spec §3.7): [B, 3, L] reference map -> [B, L] positions.
 
     A token takes the label of its strongest region (speaker 1, speaker 2, background): a speaker's map value,
-    min-max normalised over all tokens, maps into that speaker's label range; background is the range centre.
-    Evaluated in the map's dtype like the reference (bf16 labels are quantised).
+    min-max normalised over all tokens (of every shard), maps into that speaker's label range; background is the
+    range centre. Evaluated in the map's dtype like the reference (bf16 labels are quantised).
     """
     speakers = ref_map[:, :2]
-    low, high = speakers.amin(-1, keepdim=True), speakers.amax(-1, keepdim=True)
+    low = shard.global_min(speakers.amin(-1, keepdim=True))
+    high = shard.global_max(speakers.amax(-1, keepdim=True))
     starts = torch.tensor([0, label_range - label_interval], dtype=ref_map.dtype, device=ref_map.device)
     scaled = (speakers - low) / (high - low + 1e-8) * label_interval + starts[:, None]
     background = torch.full_like(ref_map[:, :1], label_range // 2)
@@ -196,7 +223,8 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 class DiTConditioning:
     """Everything a block needs besides the token stream; built once per forward by `MultiTalkDiT.embed`.
 
-    Under sequence parallelism only `rope_cos` / `rope_sin` follow the token split (dim 0); the rest is replicated.
+    Under sequence parallelism `rope_cos` / `rope_sin` follow the token split (dim 0) and `shard` describes the
+    local slice (`dataclasses.replace`); the rest is replicated.
     """
 
     time: torch.Tensor  # [B, D] fp32: the head's modulation input
@@ -208,6 +236,7 @@ class DiTConditioning:
     rope_sin: torch.Tensor
     token_masks: torch.Tensor | None  # [3, S] regions of a latent frame (speaker 1, speaker 2, background); P = 2
     grid: tuple[int, int, int]  # (T, N_h, N_w) tokens
+    shard: SequenceShard = WHOLE_SEQUENCE
 
     @property
     def tokens_per_frame(self) -> int:
@@ -241,7 +270,7 @@ class WanSelfAttention(nn.Module):
         if cond.num_speakers == 1:
             return out, None  # the map only steers L-RoPE, which a single speaker does not use
         with torch.no_grad():
-            ref_keys = k[:, :, : cond.tokens_per_frame]  # latent frame 0 = the conditioning frame
+            ref_keys = cond.shard.gather_tokens(k, dim=2)[:, :, : cond.tokens_per_frame]  # latent frame 0
             ref_map = reference_attention_map(q, ref_keys, cond.token_masks, backend=self.attention_backend)
         return out, ref_map
 
@@ -308,21 +337,26 @@ class MultiTalkAudioCrossAttention(nn.Module):
         return centres.repeat_interleave(tokens_per_speaker)
 
     def forward(self, x: torch.Tensor, cond: DiTConditioning, ref_map: torch.Tensor | None) -> torch.Tensor:
-        """x: [B, L, D] whole latent frames -> [B, L, D]."""
-        batch, frames, per_frame = x.shape[0], cond.grid[0], cond.tokens_per_frame
+        """x: [B, L, D] -> [B, L, D]; x may start and end mid-frame (a sequence shard)."""
+        batch, length, per_frame = x.shape[0], x.shape[1], cond.tokens_per_frame
         q = _split_heads(self.q_linear(x), self.num_heads)  # [B, H, L, d]
         k, v = (_split_heads(t, self.num_heads) for t in self.kv_linear(cond.audio_tokens).chunk(2, dim=-1))
         if cond.num_speakers == 2:
-            positions = speaker_label_positions(ref_map, self.label_range, self.label_interval)  # [B, L]
-            cos, sin = label_rope(positions, self.head_dim, self.rope_theta)
+            positions = speaker_label_positions(ref_map, self.label_range, self.label_interval, cond.shard)
+            cos, sin = label_rope(positions, self.head_dim, self.rope_theta)  # [B, L, d/2]
             q = rotate_pairs(q, cos[:, None], sin[:, None])
             key_positions = self.speaker_key_positions(k.shape[2] // 2, x.device)
             k = rotate_pairs(k, *label_rope(key_positions, self.head_dim, self.rope_theta))
-        # one attention batch item per (sample, latent frame): [B, H, T*S, d] -> [B*T, H, S, d]
+        # Pad the local tokens out to whole latent frames (no-op for the whole sequence), then run one attention
+        # batch item per (sample, frame): [B, H, frames*S, d] -> [B*frames, H, S, d].
+        lead = cond.shard.offset % per_frame
+        first_frame = cond.shard.offset // per_frame
+        frames = -(-(lead + length) // per_frame)
+        q = F.pad(q, (0, 0, lead, frames * per_frame - lead - length))
         q = q.unflatten(2, (frames, per_frame)).transpose(1, 2).flatten(0, 1)
-        k, v = (t.expand(batch, *t.shape).flatten(0, 1) for t in (k, v))
-        out = attention(q, k, v, backend=self.attention_backend)  # [B*T, H, S, d]
-        out = out.unflatten(0, (batch, frames)).transpose(1, 2).flatten(2, 3)  # [B, H, L, d]
+        k, v = (t[first_frame : first_frame + frames].expand(batch, -1, -1, -1, -1).flatten(0, 1) for t in (k, v))
+        out = attention(q, k, v, backend=self.attention_backend)  # [B*frames, H, S, d]
+        out = out.unflatten(0, (batch, frames)).transpose(1, 2).flatten(2, 3)[:, :, lead : lead + length]
         return self.proj(_merge_heads(out))
 
 
@@ -350,9 +384,8 @@ class MultiTalkBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: DiTConditioning) -> torch.Tensor:
         """x: [B, L, D] in the model dtype -> same. Modulated inputs and gated adds in fp32, rounded back."""
         dtype = x.dtype
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (self.modulation.float() + cond.modulation).chunk(
-            6, dim=1
-        )
+        modulation = self.modulation.float() + cond.modulation  # [B, 6, D] fp32
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = modulation.chunk(6, dim=1)
         attn_out, ref_map = self.self_attn((self.norm1(x).float() * (1 + scale_sa) + shift_sa).to(dtype), cond)
         x = (x + attn_out * gate_sa).to(dtype)
         x = x + self.cross_attn(self.norm3(x), cond.context)
@@ -404,12 +437,12 @@ class MultiTalkDiT(nn.Module):
     """Wan2.1 I2V DiT + MultiTalk audio adapter: predicts the flow velocity of a video latent.
 
     `forward` = `embed` -> `run_blocks` -> `finish`; the three steps are public so that step caches (TeaCache) can
-    skip `run_blocks` and sequence parallelism can wrap it. Sequence-parallel plan: split `tokens` [B, L, D] and
-    `cond.rope_cos/rope_sin` [L, ...] along L after `embed`, gather before `finish`; inside a block the
-    self-attention `attention` call is where Ulysses/ring exchange happens (the attention modules'
-    `attention_backend` attribute selects a registered backend). Three pieces need global data under a split:
-    the reference map's keys are latent frame 0's tokens, the L-RoPE label min/max run over all tokens, and the
-    audio attention groups tokens by whole latent frames.
+    skip `run_blocks` and sequence parallelism can wrap it. Sequence-parallel plan: after `embed`, split `tokens`
+    [B, L, D] and `cond.rope_cos/rope_sin` [L, d/2] along L (any contiguous split) and set `cond.shard` to a
+    `SequenceShard` subclass; run the blocks; gather the tokens before `finish`. Inside a block the self-attention
+    `attention` call is where the Ulysses/ring exchange happens (`WanSelfAttention.attention_backend` names a
+    registered backend); everything else that needs the whole sequence asks `cond.shard`. The 769 context tokens
+    and the audio tokens stay whole on every rank.
     """
 
     def __init__(self, config: DiTConfig) -> None:

@@ -18,7 +18,7 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture(scope="session")
 def relative_error():
-    """relative_error(actual, expected) -> ‖actual − expected‖ / ‖expected‖ over the whole tensor, in float64."""
+    """relative_error(actual, expected) -> ‖actual − expected‖ / ‖expected‖ over the whole tensor (float64)."""
     return _relative_error
 
 

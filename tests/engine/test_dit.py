@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from engine.models import DiTConfig, MultiTalkDiT, register_attention_backend
+from engine.models import DiTConfig, MultiTalkDiT, SequenceShard, register_attention_backend
 from engine.models.attention import attention
 from engine.models.audio_proj import group_audio_by_latent_frame
 from engine.models.dit import label_rope, reference_attention_map, rotate_pairs, speaker_label_positions
@@ -256,3 +258,33 @@ def test_later_latent_frames_see_contiguous_audio_rows():
 def test_malformed_inputs_are_rejected_by_name(reference_model, two_speakers, override, message):
     with pytest.raises(ValueError, match=message):
         _call(reference_model, two_speakers, **override)
+
+
+class SimulatedShard(SequenceShard):
+    """One rank of a token split, answering its collectives from the whole-sequence reference map."""
+
+    def __init__(self, offset: int, whole_map: torch.Tensor) -> None:
+        self.offset = offset
+        self.speakers = whole_map[:, :2]
+
+    def global_min(self, x: torch.Tensor) -> torch.Tensor:
+        return self.speakers.amin(-1, keepdim=True)
+
+    def global_max(self, x: torch.Tensor) -> torch.Tensor:
+        return self.speakers.amax(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("cuts", [(0, 72), (0, 30, 72), (0, 13, 50, 60, 72)])  # 24 tokens per latent frame
+def test_audio_attention_on_token_shards_equals_whole_sequence(reference_model, two_speakers, cuts):
+    inputs = [two_speakers[key] for key in
+              ("latents", "timestep", "text_states", "image_states", "cond_latents", "audio", "region_masks")]
+    with torch.no_grad():
+        tokens, cond = reference_model.embed(*inputs)
+        ref_map = two_speakers["reference_maps"][0]
+        audio_attention = reference_model.blocks[0].audio_cross_attn
+        whole = audio_attention(tokens, cond, ref_map)
+        pieces = [
+            audio_attention(tokens[:, a:b], replace(cond, shard=SimulatedShard(a, ref_map)), ref_map[..., a:b])
+            for a, b in zip(cuts, cuts[1:])
+        ]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-6, atol=1e-6)
