@@ -3,6 +3,7 @@ and the tests assert on the REST calls the fake recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import discord
@@ -12,8 +13,11 @@ from discord import app_commands
 from tests.fakes.discord_server import (
     ROUTE_CALLBACK,
     ROUTE_CREATE_MESSAGE,
+    ROUTE_EDIT_MESSAGE,
     ROUTE_EDIT_ORIGINAL,
+    ROUTE_FOLLOWUP,
     ROUTE_GUILD_COMMANDS,
+    ROUTE_TYPING,
     FakeDiscord,
 )
 from tests.fakes.fixtures import fake_discord, running_discord_client  # noqa: F401
@@ -30,6 +34,25 @@ class PressView(discord.ui.View):
     @discord.ui.button(label="Press", custom_id="proof:press")
     async def press(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         await interaction.response.edit_message(content=f"Pressed by {interaction.user.name}", view=None)
+
+    @discord.ui.select(custom_id="proof:voice", options=[discord.SelectOption(label=v, value=v) for v in ("af_heart", "am_adam")])
+    async def voice(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
+        await interaction.response.edit_message(content=f"Voice {select.values[0]}")
+
+
+class JobCancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"proof:job:(?P<job>[0-9]+):cancel"):
+    """A per-job button rebuilt from its custom_id, so it keeps working after a restart."""
+
+    def __init__(self, job: int) -> None:
+        super().__init__(discord.ui.Button(label="Cancel", custom_id=f"proof:job:{job}:cancel"))
+        self.job = job
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> JobCancelButton:  # type: ignore[no-untyped-def]
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.edit_message(content=f"Job {self.job} cancelled", view=None)
 
 
 class ScriptModal(discord.ui.Modal, title="Dialogue script"):
@@ -51,11 +74,13 @@ class ProofBot(discord.Client):
         self.downloads: list[bytes] = []
         self.submitted_scripts: list[str] = []
         self.errors: list[BaseException] = []
+        self.release_slow = asyncio.Event()
         self.tree.error(self._record_error)
-        for command in (talk, menu, script):
+        for command in (talk, menu, script, job, slow, status):
             self.tree.add_command(command)
 
     async def setup_hook(self) -> None:
+        self.add_dynamic_items(JobCancelButton)
         self.tree.copy_global_to(guild=self.dev_guild)
         await self.tree.sync(guild=self.dev_guild)
 
@@ -67,7 +92,8 @@ class ProofBot(discord.Client):
 async def talk(interaction: discord.Interaction, photo: discord.Attachment, line: str) -> None:
     await interaction.response.defer(thinking=True)
     assert isinstance(interaction.client, ProofBot) and interaction.channel is not None
-    interaction.client.downloads.append(await photo.read())
+    async with interaction.channel.typing():
+        interaction.client.downloads.append(await photo.read())
     await interaction.edit_original_response(
         content=f"Queued {photo.filename}: {line}", attachments=[discord.File(io.BytesIO(b"preview"), "preview.png")]
     )
@@ -84,6 +110,39 @@ async def script(interaction: discord.Interaction) -> None:
     await interaction.response.send_modal(ScriptModal())
 
 
+@app_commands.command(description="Shows a job with a restart-proof Cancel button.")
+async def job(interaction: discord.Interaction, voice: str) -> None:
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobCancelButton(42))
+    await interaction.response.send_message(f"Job 42 with {voice}", view=view)
+
+
+@job.autocomplete("voice")
+async def suggest_voice(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+    voices = ("af_heart", "af_bella", "am_adam")
+    return [app_commands.Choice(name=v, value=v) for v in voices if v.startswith(typed)]
+
+
+@app_commands.command(description="Defers, then answers when the test allows it.")
+async def slow(interaction: discord.Interaction) -> None:
+    assert isinstance(interaction.client, ProofBot)
+    await interaction.response.defer()
+    await interaction.client.release_slow.wait()
+    try:
+        await interaction.edit_original_response(content="late")
+    except discord.HTTPException as error:
+        interaction.client.errors.append(error)
+
+
+@app_commands.command(description="Acknowledges privately, then keeps a public status message up to date.")
+async def status(interaction: discord.Interaction) -> None:
+    assert interaction.channel is not None
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    await interaction.followup.send("Queued as job 7", ephemeral=True)
+    message = await interaction.channel.send("Job 7: queued")
+    await message.edit(content="Job 7: rendering 50%")
+
+
 @pytest.fixture
 def bot(fake_discord: FakeDiscord) -> ProofBot:
     return ProofBot(fake_discord.guild.id)
@@ -94,9 +153,9 @@ async def test_commands_are_synced_to_the_dev_guild_with_an_attachment_option(fa
         sync = fake_discord.calls(ROUTE_GUILD_COMMANDS)[0]
     assert sync.path.endswith(f"/guilds/{fake_discord.guild.id}/commands")
     by_name = {c["name"]: c for c in sync.params}
-    assert set(by_name) == {"talk", "menu", "script"}
+    assert set(by_name) == {"talk", "menu", "script", "job", "slow", "status"}
     assert [(o["name"], o["type"]) for o in by_name["talk"]["options"]] == [("photo", 11), ("line", 3)]
-    assert fake_discord.identifies[0]["token"] == fake_discord.token
+    assert fake_discord.gateway.identifies[0]["token"] == fake_discord.token
 
 
 async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(fake_discord: FakeDiscord, bot: ProofBot) -> None:
@@ -107,6 +166,7 @@ async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(
 
     assert not bot.errors
     assert bot.downloads == [PHOTO]
+    assert fake_discord.calls(ROUTE_TYPING)[0].path.endswith(f"/channels/{fake_discord.channel.id}/typing")
     callback = fake_discord.calls(ROUTE_CALLBACK)[0]
     assert callback.params["type"] == 5  # deferred "thinking…"
     edit = fake_discord.calls(ROUTE_EDIT_ORIGINAL)[0]
@@ -120,7 +180,20 @@ async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(
     uploaded = delivery.file("files[0]")
     assert (uploaded.filename, uploaded.data) == ("result.mp4", RESULT)
     delivered = next(m for m in fake_discord.messages.values() if m["content"].endswith("your video"))
-    assert fake_discord.cdn_bytes(delivered["attachments"][0]["url"]) == RESULT
+    assert fake_discord.store.cdn_bytes(delivered["attachments"][0]["url"]) == RESULT
+    assert delivered["attachments"][0]["content_type"] == "video/mp4"
+
+
+async def test_followup_replaces_the_thinking_message_and_status_edits_are_kept(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+    async with running_discord_client(bot, fake_discord):
+        asked = await fake_discord.run_slash_command("status")
+        edit = await fake_discord.wait_for_call(ROUTE_EDIT_MESSAGE)
+
+    ack = fake_discord.messages[asked.original_message_id or ""]
+    assert (ack["content"], ack["flags"]) == ("Queued as job 7", 64), "the follow-up must replace 'thinking…', staying ephemeral"
+    assert fake_discord.calls(ROUTE_FOLLOWUP)[0].query["wait"] == "1"
+    status_message = fake_discord.messages[edit.path.rsplit("/", 1)[-1]]
+    assert status_message["content"] == "Job 7: rendering 50%" and status_message["edited_timestamp"] is not None
 
 
 async def test_button_click_updates_the_message_it_belongs_to(fake_discord: FakeDiscord, bot: ProofBot) -> None:
@@ -136,6 +209,55 @@ async def test_button_click_updates_the_message_it_belongs_to(fake_discord: Fake
     assert answer["type"] == 7  # UPDATE_MESSAGE
     assert fake_discord.messages[message_id]["content"] == "Pressed by bob"
     assert fake_discord.messages[message_id]["components"] == []
+
+
+async def test_select_menu_choice_reaches_the_view(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+    async with running_discord_client(bot, fake_discord):
+        shown = await fake_discord.run_slash_command("menu")
+        await fake_discord.wait_for_response(shown)
+        with pytest.raises(LookupError):
+            await fake_discord.choose_options(shown.original_message_id or "", "proof:voice", ["not_a_voice"])
+        chosen = await fake_discord.choose_options(shown.original_message_id or "", "proof:voice", ["am_adam"])
+        answer = await fake_discord.wait_for_response(chosen)
+
+    assert answer["data"]["content"] == "Voice am_adam"
+
+
+async def test_autocomplete_is_answered_with_matching_choices(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+    async with running_discord_client(bot, fake_discord):
+        typing = await fake_discord.autocomplete("job", {"voice": "af_"}, focused="voice")
+        answer = await fake_discord.wait_for_response(typing)
+
+    assert answer["type"] == 8
+    assert [c["value"] for c in answer["data"]["choices"]] == ["af_heart", "af_bella"]
+
+
+async def test_dynamic_button_still_works_after_the_bot_restarts(fake_discord: FakeDiscord) -> None:
+    first = ProofBot(fake_discord.guild.id)
+    async with running_discord_client(first, fake_discord):
+        shown = await fake_discord.run_slash_command("job", {"voice": "am_adam"})
+        await fake_discord.wait_for_response(shown)
+
+    restarted = ProofBot(fake_discord.guild.id)
+    async with running_discord_client(restarted, fake_discord):
+        press = await fake_discord.click_button(shown.original_message_id or "", "proof:job:42:cancel")
+        answer = await fake_discord.wait_for_response(press)
+
+    assert len(fake_discord.gateway.identifies) == 2
+    assert answer["type"] == 7
+    assert fake_discord.messages[shown.original_message_id or ""]["content"] == "Job 42 cancelled"
+
+
+async def test_answer_after_the_token_expired_gets_unknown_webhook(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+    async with running_discord_client(bot, fake_discord):
+        pending = await fake_discord.run_slash_command("slow")
+        await fake_discord.wait_for_response(pending)
+        fake_discord.expire_interaction(pending)
+        bot.release_slow.set()
+        await wait_until(lambda: bool(bot.errors))
+
+    error = bot.errors[0]
+    assert isinstance(error, discord.NotFound) and error.code == 10015
 
 
 async def test_modal_submit_delivers_multiline_text(fake_discord: FakeDiscord, bot: ProofBot) -> None:
@@ -191,13 +313,13 @@ async def test_upload_over_the_limit_is_refused_with_40005(fake_discord: FakeDis
 
 async def test_gateway_reconnect_resumes_the_session_without_a_new_identify(fake_discord: FakeDiscord, bot: ProofBot) -> None:
     async with running_discord_client(bot, fake_discord):
-        await fake_discord.request_reconnect()
-        await fake_discord.wait_until_ready()
+        await fake_discord.gateway.request_reconnect()
+        await fake_discord.gateway.wait_until_ready()
         shown = await fake_discord.run_slash_command("menu")
         await fake_discord.wait_for_response(shown)
 
-    assert len(fake_discord.identifies) == 1
-    assert fake_discord.resumes[0]["session_id"] and fake_discord.resumes[0]["seq"] >= 2
+    assert len(fake_discord.gateway.identifies) == 1
+    assert fake_discord.gateway.resumes[0]["session_id"] and fake_discord.gateway.resumes[0]["seq"] >= 2
 
 
 async def test_wrong_token_is_refused_at_login(fake_discord: FakeDiscord, bot: ProofBot) -> None:

@@ -229,3 +229,16 @@ async def test_each_update_is_delivered_once_across_polls(fake_telegram: FakeTel
     offsets = [c.params.get("offset") for c in fake_telegram.calls("getUpdates")]
     assert offsets == sorted(offsets, key=lambda o: o or 0)
 
+
+
+async def test_restarted_bot_gets_what_arrived_while_down_and_nothing_twice(fake_telegram: FakeTelegram) -> None:
+    async with running_telegram_app(build_app(fake_telegram)):
+        fake_telegram.send_command("start")
+        await fake_telegram.wait_for_call("sendMessage")
+    while_down = fake_telegram.send_command("start")
+    async with running_telegram_app(build_app(fake_telegram)):
+        second = await fake_telegram.wait_for_call("sendMessage", nth=2)
+        await asyncio.sleep(0.2)
+
+    assert len(fake_telegram.calls("sendMessage")) == 2
+    assert second.params["reply_parameters"]["message_id"] == while_down["message_id"]

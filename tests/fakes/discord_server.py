@@ -14,17 +14,17 @@ interaction twice, editing an unknown message). Flat slash commands only: no sub
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import yarl
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from tests.fakes import discord_payloads as dp
+from tests.fakes.discord_gateway import FakeGateway
+from tests.fakes.discord_messages import CDN_PREFIX, MessageStore
 from tests.fakes.recording import FILES, PARAMS, LoopbackServer, UploadedFile, json_response, read_multipart
 
 API_PREFIX = "/api/v10"
@@ -39,7 +39,7 @@ ROUTE_GLOBAL_COMMANDS = "PUT /applications/{application_id}/commands"
 ROUTE_GUILD_COMMANDS = "PUT /applications/{application_id}/guilds/{guild_id}/commands"
 
 OPTION_USER, OPTION_ATTACHMENT = 6, 11
-COMPONENT_ACTION_ROW, COMPONENT_BUTTON, COMPONENT_TEXT_INPUT, COMPONENT_LABEL = 1, 2, 4, 18
+COMPONENT_ACTION_ROW, COMPONENT_BUTTON, COMPONENT_STRING_SELECT, COMPONENT_TEXT_INPUT, COMPONENT_LABEL = 1, 2, 3, 4, 18
 
 
 def discord_error(status: int, code: int, message: str) -> web.Response:
@@ -63,15 +63,6 @@ class FakeInteraction:
     is_expired: bool = False
 
 
-@dataclass
-class GatewaySession:
-    """One IDENTIFY'd session; dispatches are kept so a RESUME can replay what it missed."""
-
-    session_id: str
-    sequence: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
 class FakeDiscord(LoopbackServer):
     def __init__(self, *, token: str = "fake-discord-token", application_id: str | None = None) -> None:
         super().__init__()
@@ -86,17 +77,15 @@ class FakeDiscord(LoopbackServer):
         )
         self.channel.guild_id = self.guild.id
         self.channels: dict[str, dp.FakeChannel] = {self.channel.id: self.channel}
-        self.messages: dict[str, dict[str, Any]] = {}
+        self.store = MessageStore(
+            ids=self._ids, base_url=lambda: self.base_url, bot_user=self.bot_user, application_id=self.application_id
+        )
+        self.messages = self.store.messages
+        self.gateway = FakeGateway(token=token, opening_events=self._opening_events)
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[str, list[dict[str, Any]]] = {}
         self.interactions: dict[str, FakeInteraction] = {}
-        self.identifies: list[dict[str, Any]] = []
-        self.resumes: list[dict[str, Any]] = []
         self.upload_limit_bytes = dp.DISCORD_DEFAULT_UPLOAD_LIMIT_BYTES
-        self._cdn: dict[str, tuple[bytes, str]] = {}
-        self._session: GatewaySession | None = None
-        self._socket: web.WebSocketResponse | None = None
-        self._ready = asyncio.Event()
 
     # -- where the client connects ---------------------------------------------------------
 
@@ -129,12 +118,7 @@ class FakeDiscord(LoopbackServer):
         self, filename: str, data: bytes, *, content_type: str | None = None, width: int | None = None, height: int | None = None
     ) -> dict[str, Any]:
         """Put bytes on the fake CDN as a user upload; returns the attachment object to pass as an option value."""
-        attachment_id = self._ids()
-        return self._store_attachment(attachment_id, filename, data, content_type, width, height)
-
-    async def wait_until_ready(self, timeout: float = 10.0) -> None:
-        """Until the bot has identified and received READY and GUILD_CREATE."""
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.store.store_attachment(filename, data, content_type=content_type, width=width, height=height)
 
     async def run_slash_command(
         self, name: str, options: dict[str, Any] | None = None, *, user: dp.FakeUser | None = None, channel: dp.FakeChannel | None = None
@@ -172,17 +156,35 @@ class FakeDiscord(LoopbackServer):
 
     async def click_button(self, message_id: str, custom_id: str, *, user: dp.FakeUser | None = None) -> FakeInteraction:
         """Press a button the bot put on `message_id` (it must be there and enabled)."""
-        message = self.messages[message_id]
-        button = next((c for c in _walk_components(message["components"]) if c.get("custom_id") == custom_id), None)
-        if button is None or button.get("type") != COMPONENT_BUTTON:
-            raise LookupError(f"message {message_id} has no button {custom_id!r}")
-        if button.get("disabled"):
-            raise PermissionError(f"button {custom_id!r} is disabled")
+        self._shown_component(message_id, custom_id, COMPONENT_BUTTON)
         data = {"custom_id": custom_id, "component_type": COMPONENT_BUTTON}
-        channel = self.channels[message["channel_id"]]
-        return await self._dispatch_interaction(
-            dp.INTERACTION_MESSAGE_COMPONENT, data, user=user, channel=channel, message=message
-        )
+        return await self._component_interaction(message_id, data, user)
+
+    async def choose_options(
+        self, message_id: str, custom_id: str, values: list[str], *, user: dp.FakeUser | None = None
+    ) -> FakeInteraction:
+        """Pick `values` in a string select menu the bot put on `message_id`."""
+        select = self._shown_component(message_id, custom_id, COMPONENT_STRING_SELECT)
+        offered = {option["value"] for option in select.get("options", [])}
+        if not set(values) <= offered:
+            raise LookupError(f"select {custom_id!r} offers {sorted(offered)}, not {values}")
+        data = {"custom_id": custom_id, "component_type": COMPONENT_STRING_SELECT, "values": values}
+        return await self._component_interaction(message_id, data, user)
+
+    async def autocomplete(
+        self, name: str, options: dict[str, Any], focused: str, *, user: dp.FakeUser | None = None
+    ) -> FakeInteraction:
+        """The user typing into option `focused` of /`name`; the bot should answer with choices."""
+        command = self._registered_command(name, guild_scoped=True)
+        types = {option["name"]: option["type"] for option in command.get("options", [])}
+        wire_options = [
+            {"name": key, "type": types[key], "value": value} | ({"focused": True} if key == focused else {})
+            for key, value in options.items()
+        ]
+        data = {"id": command["id"], "name": name, "type": command.get("type", 1), "options": wire_options}
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        return await self._dispatch_interaction(dp.INTERACTION_AUTOCOMPLETE, data, user=user, channel=self.channel)
 
     async def submit_modal(
         self, shown_by: FakeInteraction, values: dict[str, str], *, user: dp.FakeUser | None = None
@@ -229,33 +231,13 @@ class FakeDiscord(LoopbackServer):
             headers["X-RateLimit-Global"] = "true"
         self.fail_next(route, 429, body, headers=headers, times=times)
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway DISPATCH; kept for replay if the bot is between connections."""
-        session = self._session
-        if session is None:
-            raise RuntimeError("no gateway session: has the bot connected?")
-        session.sequence += 1
-        frame = {"op": 0, "t": event, "s": session.sequence, "d": data}
-        session.history.append(frame)
-        if self._socket is not None and not self._socket.closed:
-            await self._socket.send_str(json.dumps(frame))
-
-    async def request_reconnect(self) -> None:
-        """Gateway op 7: the bot must reconnect and RESUME its session."""
-        self._ready.clear()
-        if self._socket is not None:
-            await self._socket.send_str(json.dumps({"op": 7, "d": None}))
-
-    def cdn_bytes(self, url: str) -> bytes:
-        return self._cdn[yarl.URL(url).path][0]
-
     # -- server -----------------------------------------------------------------------------
 
     def _routes(self) -> list[web.RouteDef]:
         api = API_PREFIX
         return [
-            web.get("/gateway/", self._gateway),
-            web.get("/cdn/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn_file),
+            web.get("/gateway/", self.gateway.handle),
+            web.get(CDN_PREFIX + "/{attachment_id}/{filename}", self._cdn_file),
             web.get(api + "/gateway", self._gateway_info),
             web.get(api + "/gateway/bot", self._gateway_info),
             web.get(api + "/users/@me", self._me),
@@ -303,64 +285,20 @@ class FakeDiscord(LoopbackServer):
         return None
 
     async def _before_close(self) -> None:
-        if self._socket is not None:
-            await self._socket.close()
+        await self.gateway.close()
 
-    # -- gateway ----------------------------------------------------------------------------
-
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
-        socket = web.WebSocketResponse()
-        await socket.prepare(request)
-        self._socket = socket
-        await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
-        async for message in socket:
-            if message.type != WSMsgType.TEXT:
-                break
-            frame = json.loads(message.data)
-            if frame["op"] == 1:
-                await socket.send_str(json.dumps({"op": 11}))
-            elif frame["op"] == 2:
-                await self._identify(frame["d"])
-            elif frame["op"] == 6:
-                await self._resume(socket, frame["d"])
-        if self._socket is socket:
-            self._socket = None
-        return socket
-
-    async def _identify(self, identify: dict[str, Any]) -> None:
-        if identify.get("token") != self.token:
-            assert self._socket is not None
-            await self._socket.close(code=4004, message=b"Authentication failed.")
-            return
-        self.identifies.append(identify)
-        self._session = GatewaySession(session_id=secrets.token_hex(8))
-        await self.dispatch(
-            "READY",
-            {
-                "v": 10,
-                "user": self.bot_user.payload(),
-                "guilds": [{"id": self.guild.id, "unavailable": True}],
-                "session_id": self._session.session_id,
-                "resume_gateway_url": self.gateway_url,
-                "application": {"id": self.application_id, "flags": 0},
-                "private_channels": [],
-                "relationships": [],
-            },
-        )
-        await self.dispatch("GUILD_CREATE", self.guild.payload())
-        self._ready.set()
-
-    async def _resume(self, socket: web.WebSocketResponse, resume: dict[str, Any]) -> None:
-        self.resumes.append(resume)
-        session = self._session
-        if session is None or resume.get("session_id") != session.session_id or resume.get("token") != self.token:
-            await socket.send_str(json.dumps({"op": 9, "d": False}))
-            return
-        for frame in session.history:
-            if frame["s"] > (resume.get("seq") or 0):
-                await socket.send_str(json.dumps(frame))
-        await self.dispatch("RESUMED", {})
-        self._ready.set()
+    def _opening_events(self, session_id: str) -> list[tuple[str, dict[str, Any]]]:
+        ready = {
+            "v": 10,
+            "user": self.bot_user.payload(),
+            "guilds": [{"id": self.guild.id, "unavailable": True}],
+            "session_id": session_id,
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": self.application_id, "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+        return [("READY", ready), ("GUILD_CREATE", self.guild.payload())]
 
     # -- REST: identity and commands --------------------------------------------------------
 
@@ -461,8 +399,25 @@ class FakeDiscord(LoopbackServer):
             source_message_id=message["id"] if message else None,
         )
         self.interactions[token] = interaction
-        await self.dispatch("INTERACTION_CREATE", payload)
+        await self.gateway.dispatch("INTERACTION_CREATE", payload)
         return interaction
+
+    def _shown_component(self, message_id: str, custom_id: str, kind: int) -> dict[str, Any]:
+        """The enabled component `custom_id` of type `kind` on a stored message, or a clear error."""
+        message = self.messages[message_id]
+        component = next((c for c in _walk_components(message["components"]) if c.get("custom_id") == custom_id), None)
+        if component is None or component.get("type") != kind:
+            raise LookupError(f"message {message_id} shows no component {custom_id!r} of type {kind}")
+        if component.get("disabled"):
+            raise PermissionError(f"component {custom_id!r} is disabled")
+        return component
+
+    async def _component_interaction(self, message_id: str, data: dict[str, Any], user: dp.FakeUser | None) -> FakeInteraction:
+        message = self.messages[message_id]
+        channel = self.channels[message["channel_id"]]
+        return await self._dispatch_interaction(
+            dp.INTERACTION_MESSAGE_COMPONENT, data, user=user, channel=channel, message=message
+        )
 
     async def _callback(self, request: web.Request) -> web.Response:
         interaction = self.interactions.get(request.match_info["interaction_token"])
@@ -474,6 +429,8 @@ class FakeDiscord(LoopbackServer):
         kind, data = body["type"], body.get("data") or {}
         if kind == dp.CALLBACK_MODAL and interaction.kind == dp.INTERACTION_MODAL_SUBMIT:
             return discord_error(400, 50035, "Invalid Form Body: a modal cannot answer a modal submit")
+        if (kind == dp.CALLBACK_AUTOCOMPLETE_RESULT) != (interaction.kind == dp.INTERACTION_AUTOCOMPLETE):
+            return discord_error(400, 50035, "Invalid Form Body: autocomplete is answered with choices, and only it")
         if kind in (dp.CALLBACK_UPDATE_MESSAGE, dp.CALLBACK_DEFERRED_UPDATE) and interaction.source_message_id is None:
             return discord_error(400, 50035, "Invalid Form Body: no message to update")
         interaction.callback_type = kind
@@ -482,10 +439,10 @@ class FakeDiscord(LoopbackServer):
             flags = data.get("flags", 0) & dp.MESSAGE_FLAG_EPHEMERAL
             if kind == dp.CALLBACK_DEFERRED_MESSAGE:
                 data, flags = {}, flags | dp.MESSAGE_FLAG_LOADING
-            message = self._new_message(interaction.channel, data, files, flags=flags, interaction=interaction)
+            message = self.store.create(interaction.channel, data, files, flags=flags, interaction_metadata=self._metadata(interaction))
             interaction.original_message_id = message["id"]
         elif kind == dp.CALLBACK_UPDATE_MESSAGE:
-            message = self._apply_edit(self.messages[interaction.source_message_id or ""], data, files)
+            message = self.store.edit(self.messages[interaction.source_message_id or ""], data, files)
         elif kind == dp.CALLBACK_MODAL:
             interaction.modal = data
         answer: dict[str, Any] = {"interaction": {"id": interaction.id, "type": interaction.kind}, "resource": {"type": kind}}
@@ -512,11 +469,11 @@ class FakeDiscord(LoopbackServer):
         original = self.messages.get(interaction.original_message_id or "")
         if original is not None and original["flags"] & dp.MESSAGE_FLAG_LOADING:
             # The first follow-up after a defer replaces the "thinking…" message, keeping its flags.
-            message = self._apply_edit(original, data, files)
+            message = self.store.edit(original, data, files)
             message["flags"] &= ~dp.MESSAGE_FLAG_LOADING
         else:
             flags = data.get("flags", 0) & dp.MESSAGE_FLAG_EPHEMERAL
-            message = self._new_message(interaction.channel, data, files, flags=flags, interaction=interaction)
+            message = self.store.create(interaction.channel, data, files, flags=flags, interaction_metadata=self._metadata(interaction))
         if request.query.get("wait") in ("1", "true", "True"):
             return json_response(message)
         return web.Response(status=204)
@@ -535,7 +492,7 @@ class FakeDiscord(LoopbackServer):
             del self.messages[message_id]
             return web.Response(status=204)
         if request.method == "PATCH":
-            self._apply_edit(message, request[PARAMS] or {}, request[FILES])
+            self.store.edit(message, request[PARAMS] or {}, request[FILES])
             message["flags"] &= ~dp.MESSAGE_FLAG_LOADING
         return json_response(message)
 
@@ -557,7 +514,7 @@ class FakeDiscord(LoopbackServer):
         reference = data.get("message_reference")
         if reference is not None and reference.get("message_id") not in self.messages:
             return discord_error(400, 50035, "Invalid Form Body: unknown message_reference")
-        return json_response(self._new_message(channel, data, files, flags=data.get("flags", 0), reference=reference))
+        return json_response(self.store.create(channel, data, files, flags=data.get("flags", 0), reference=reference))
 
     def _message_or_error(self, request: web.Request) -> dict[str, Any] | web.Response:
         message = self.messages.get(request.match_info["message_id"])
@@ -575,7 +532,7 @@ class FakeDiscord(LoopbackServer):
             return message
         if message["author"]["id"] != self.bot_user.id:
             return discord_error(403, 50005, "Cannot edit a message authored by another user")
-        return json_response(self._apply_edit(message, request[PARAMS] or {}, request[FILES]))
+        return json_response(self.store.edit(message, request[PARAMS] or {}, request[FILES]))
 
     async def _delete_message(self, request: web.Request) -> web.Response:
         message = self._message_or_error(request)
@@ -595,7 +552,7 @@ class FakeDiscord(LoopbackServer):
         return json_response(self.dm_channel(recipient).payload())
 
     async def _cdn_file(self, request: web.Request) -> web.Response:
-        stored = self._cdn.get(request.path)
+        stored = self.store.cdn_file(request.path)
         if stored is None:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=stored[0], content_type=stored[1])
@@ -603,75 +560,8 @@ class FakeDiscord(LoopbackServer):
     async def _unknown_route(self, request: web.Request) -> web.Response:
         return discord_error(404, 0, f"404: Not Found (the fake does not implement {request.method} {request.path})")
 
-    # -- message store ----------------------------------------------------------------------
-
-    def _store_attachment(
-        self, attachment_id: str, filename: str, data: bytes, content_type: str | None, width: int | None, height: int | None
-    ) -> dict[str, Any]:
-        path = f"/cdn/attachments/{self.channel.id}/{attachment_id}/{filename}"
-        self._cdn[path] = (data, content_type or "application/octet-stream")
-        return dp.attachment_payload(
-            attachment_id=attachment_id,
-            filename=filename,
-            size=len(data),
-            url=self.base_url + path + "?ex=fake&is=fake&hm=fake",
-            content_type=content_type,
-            width=width,
-            height=height,
-        )
-
-    def _attachments_from(self, data: dict[str, Any], files: tuple[UploadedFile, ...], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Resolve `attachments` of a create/edit body: ids of kept ones, or indexes of `files[n]`."""
-        by_field = {f.field: f for f in files}
-        kept_by_id = {a["id"]: a for a in kept}
-        result = []
-        for item in data.get("attachments", [{"id": str(i)} for i in range(len(files))]):
-            item_id = str(item["id"])
-            if item_id in kept_by_id:
-                result.append(kept_by_id[item_id])
-            elif (upload := by_field.get(f"files[{item_id}]")) is not None:
-                filename = item.get("filename") or upload.filename
-                result.append(self._store_attachment(self._ids(), filename, upload.data, upload.content_type, None, None))
-        return result
-
-    def _new_message(
-        self,
-        channel: dp.FakeChannel,
-        data: dict[str, Any],
-        files: tuple[UploadedFile, ...],
-        *,
-        flags: int,
-        interaction: FakeInteraction | None = None,
-        reference: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        message = dp.message_payload(
-            message_id=self._ids(),
-            channel=channel,
-            author=self.bot_user,
-            content=data.get("content") or "",
-            attachments=self._attachments_from(data, files, []),
-            embeds=data.get("embeds"),
-            components=data.get("components"),
-            flags=flags,
-            application_id=self.application_id,
-            interaction_metadata=(
-                dp.interaction_metadata(interaction_id=interaction.id, kind=interaction.kind, user=interaction.user)
-                if interaction
-                else None
-            ),
-            message_reference=reference,
-        )
-        self.messages[message["id"]] = message
-        return message
-
-    def _apply_edit(self, message: dict[str, Any], data: dict[str, Any], files: tuple[UploadedFile, ...]) -> dict[str, Any]:
-        for key in ("content", "embeds", "components"):
-            if key in data:
-                message[key] = data[key] if data[key] is not None else ([] if key != "content" else "")
-        if "attachments" in data or files:
-            message["attachments"] = self._attachments_from(data, files, message["attachments"])
-        message["edited_timestamp"] = dp.timestamp_now()
-        return message
+    def _metadata(self, interaction: FakeInteraction) -> dict[str, Any]:
+        return dp.interaction_metadata(interaction_id=interaction.id, kind=interaction.kind, user=interaction.user)
 
 
 def _walk_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ async def running_discord_client(client: discord.Client, fake: FakeDiscord, *, t
     """
     task = asyncio.create_task(client.start(fake.token), name="discord-client-under-test")
     try:
-        ready = asyncio.create_task(fake.wait_until_ready(timeout))
+        ready = asyncio.create_task(fake.gateway.wait_until_ready(timeout))
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             ready.cancel()
