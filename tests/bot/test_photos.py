@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from bot.core.errors import MESSAGE_CATALOG, template_fields
 from bot.core.photos import (
@@ -142,6 +142,64 @@ def test_half_transparent_pixels_blend_with_the_background() -> None:
     red, green, blue = image.getpixel((150, 150))
     grey = PhotoLimits().background_rgb[1]
     assert abs(red - (255 + 200) / 2) <= 2 and abs(green - grey / 2) <= 2 and abs(blue - grey / 2) <= 2
+
+
+def icc_matrix_profile(red_xyz, green_xyz, blue_xyz, description: str) -> bytes:
+    """A minimal ICC v2 RGB display profile (matrix + gamma 2.2 curves), built byte by byte."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(s15(v) for v in values)
+
+    text = description.encode("ascii") + b"\0"
+    tags = [
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red_xyz)),
+        (b"gXYZ", xyz(green_xyz)),
+        (b"bXYZ", xyz(blue_xyz)),
+        (b"rTRC", b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0233) + b"\0\0"),
+        (b"cprt", b"text\0\0\0\0" + b"public domain\0"),
+    ]
+    tags.insert(6, (b"gTRC", tags[5][1]))
+    tags.insert(7, (b"bTRC", tags[5][1]))
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (
+        struct.pack(">I", size) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+        + struct.pack(">6H", 2024, 1, 1, 0, 0, 0) + b"acsp" + bytes(24) + struct.pack(">I", 0)
+        + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(48)
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# sRGB's primaries adapted to D50, as ICC profiles store them.
+_SRGB_RED, _SRGB_GREEN, _SRGB_BLUE = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+def test_an_embedded_colour_profile_is_applied() -> None:
+    # A profile whose "red" channel is sRGB's green: stored (200, 30, 30) means a green pixel.
+    swapped = icc_matrix_profile(_SRGB_GREEN, _SRGB_RED, _SRGB_BLUE, "Swapped primaries")
+    data = encode(Image.new("RGB", (300, 300), (200, 30, 30)), "PNG", icc_profile=swapped)
+    red, green, blue = load_photo(data, photo="A").image.getpixel((150, 150))
+    assert green > 150 and red < 90 and blue < 90, (red, green, blue)
+
+
+def test_an_srgb_or_broken_profile_leaves_the_pixels_alone() -> None:
+    source = gradient()
+    plain = np.asarray(load_photo(encode(source, "PNG"), photo="A").image)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for profile in (srgb, b"\x00\x00\x01\x00garbage"):
+        tagged = load_photo(encode(source, "PNG", icc_profile=profile), photo="A").image
+        assert np.array_equal(np.asarray(tagged), plain)
 
 
 # ---- EXIF orientation ----
