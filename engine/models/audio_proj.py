@@ -32,7 +32,7 @@ class AudioProjConfig:
 
     @classmethod
     def tiny(cls) -> AudioProjConfig:
-        return cls(feature_layers=2, feature_dim=16, hidden_dim=32, context_tokens=4, output_dim=32)
+        return cls(feature_layers=2, feature_dim=32, hidden_dim=32, context_tokens=4, output_dim=32)
 
 
 def group_audio_by_latent_frame(

@@ -248,8 +248,8 @@ def test_later_latent_frames_see_contiguous_audio_rows():
     ("override", "message"),
     [
         ({"region_masks": None}, "two speakers need region_masks"),
-        ({"audio": torch.zeros(2, 8, 5, 2, 16)}, "audio covers 8 video frames"),
-        ({"audio": torch.zeros(3, 9, 5, 2, 16)}, "3 audio streams"),
+        ({"audio": torch.zeros(2, 8, 5, 2, 32)}, "audio covers 8 video frames"),
+        ({"audio": torch.zeros(3, 9, 5, 2, 32)}, "3 audio streams"),
         ({"text_states": torch.zeros(1, 17, 32)}, "17 text tokens"),
         ({"image_states": torch.zeros(1, 256, 32)}, "256 tokens"),
         ({"cond_latents": torch.zeros(1, 16, 3, 8, 12)}, "channels"),
