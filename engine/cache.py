@@ -9,14 +9,11 @@ caches. The DiT calls `run_blocks`; it must not keep any of this state itself.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 # Rescaling polynomials fitted by the MultiTalk authors (highest degree first), one per size
 # bucket; the input is the relative L1 change of the time-modulation vector e0 between calls.
@@ -53,7 +50,8 @@ class TeaCache:
 
     def __init__(self, size: str, threshold: float = 0.2, warmup_steps: int = WARMUP_STEPS) -> None:
         if size not in TEACACHE_COEFFICIENTS:
-            raise ValueError(f"no TeaCache coefficients for size bucket {size!r}; known: {sorted(TEACACHE_COEFFICIENTS)}")
+            known = sorted(TEACACHE_COEFFICIENTS)
+            raise ValueError(f"no TeaCache coefficients for size bucket {size!r}; known: {known}")
         if threshold <= 0:
             raise ValueError(f"TeaCache threshold must be positive, got {threshold}")
         self.size = size

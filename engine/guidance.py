@@ -33,7 +33,9 @@ class Branch(StrEnum):
 class VelocityModel(Protocol):
     """What the sampler calls: the flow velocity (~ noise - x0) for one branch, same shape as `latent`."""
 
-    def __call__(self, latent: torch.Tensor, t: torch.Tensor, /, *, branch: str, **conditioning: Any) -> torch.Tensor: ...
+    def __call__(
+        self, latent: torch.Tensor, t: torch.Tensor, /, *, branch: str, **conditioning: Any
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def parse_lora(state_dict: Mapping[str, torch.Tensor], source: str = "<memory>")
             if up is None:
                 raise LoRAError(f"{source}: {key} has no matching {PREFIX}{base}{_UP}")
             if up.ndim != 2 or tensor.ndim != 2 or up.shape[1] != tensor.shape[0]:
-                raise LoRAError(f"{source}: {key} {tuple(tensor.shape)} and its up {tuple(up.shape)} are not a rank pair")
+                shapes = f"{tuple(tensor.shape)} and its up {tuple(up.shape)}"
+                raise LoRAError(f"{source}: {key} {shapes} are not a rank pair")
             updates.append(LowRankUpdate(target=base + ".weight", up=up, down=tensor))
         elif name.endswith(_UP):
             if PREFIX + name[: -len(_UP)] + _DOWN not in state_dict:
@@ -118,7 +119,8 @@ def merge_lora(model: nn.Module, updates: Sequence[LoRAUpdate], scale: float, so
         if param is None:
             raise LoRAError(f"{source}: the model has no parameter {update.target}")
         if param.shape != update.shape:
-            raise LoRAError(f"{source}: {update.target} is {tuple(param.shape)} but the LoRA update is {tuple(update.shape)}")
+            shapes = f"{tuple(param.shape)} but the LoRA update is {tuple(update.shape)}"
+            raise LoRAError(f"{source}: {update.target} is {shapes}")
     for update in updates:
         param = params[update.target]
         param.add_(update.delta(param.dtype, param.device) * scale)

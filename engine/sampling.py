@@ -9,8 +9,7 @@ and tests can plug in a toy velocity field. No I/O, no global RNG: every random 
 
 from __future__ import annotations
 
-import logging
-import random
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,8 +18,6 @@ import torch
 
 from engine.guidance import Guidance, VelocityModel
 from storage.errors import DuetError
-
-logger = logging.getLogger(__name__)
 
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_STEPS = 40
@@ -55,7 +52,7 @@ def resolve_seed(seed: int | None) -> int:
     Resolve once at submission (and store it) so that a retried job renders the same video.
     """
     if seed is None or seed < 0:
-        return random.randint(0, MAX_RANDOM_SEED)
+        return secrets.randbelow(MAX_RANDOM_SEED + 1)
     return seed
 
 
@@ -127,7 +124,7 @@ def sample_chunk(
     on_step: ProgressCallback | None = None,
     is_cancel_requested: CancelCheck | None = None,
 ) -> torch.Tensor:
-    """Denoise one chunk from `noise` ([C, T, h, w] float32) to its clean latent.
+    """Denoise one chunk from `noise` ([C, T, h, w] or [B, C, T, h, w], float32) to its clean latent.
 
     `conditions` maps each of `guidance.branches` to the keyword arguments of that model call.
     `motion_latents` ([C, T_m, h, w], chunks after the first) are the clean latents of the motion
@@ -162,5 +159,5 @@ def _inject_motion(
     """Overwrite (in place) the leading latent frames with the motion latents noised to `timesteps[step_index]`."""
     clean = motion_latents.to(device=latent.device, dtype=latent.dtype)
     noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=clean.dtype)
-    latent[:, : clean.shape[1]] = scheduler.add_noise(clean, noise, step_index)
+    latent[..., : clean.shape[-3], :, :] = scheduler.add_noise(clean, noise, step_index)  # time axis is -3
     return latent

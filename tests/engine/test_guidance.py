@@ -105,8 +105,10 @@ def test_velocity_calls_each_branch_by_name_in_order():
 
     guidance = Guidance(GuidanceConfig())
     latent = torch.ones(16, 1, 1, 1)
-    out = guidance.velocity(model, latent, torch.tensor([500.0]), {"cond": {"scale": 2.0}, "drop_text": {"scale": 1.0}, "uncond": {"scale": 0.0}})
+    conditions = {"cond": {"scale": 2.0}, "drop_text": {"scale": 1.0}, "uncond": {"scale": 0.0}}
+    out = guidance.velocity(model, latent, torch.tensor([500.0]), conditions)
     assert calls == ["cond", "drop_text", "uncond"]
     torch.testing.assert_close(out, latent * (0 + 5.0 * (2 - 1) + 4.0 * (1 - 0)))
     with pytest.raises(ValueError, match="uncond"):
-        guidance.velocity(model, latent, torch.tensor([500.0]), {"cond": {"scale": 2.0}, "drop_text": {"scale": 1.0}})
+        del conditions["uncond"]
+        guidance.velocity(model, latent, torch.tensor([500.0]), conditions)

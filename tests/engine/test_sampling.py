@@ -167,3 +167,17 @@ def test_sampling_is_deterministic_for_a_seed():
 
     assert torch.equal(run(3), run(3))
     assert not math.isclose((run(3) - run(4)).abs().sum().item(), 0.0)
+
+
+def test_a_batched_latent_samples_like_an_unbatched_one():
+    """The DiT takes [B, C, T, h, w]: motion injection must hit the time axis, not the channels."""
+    motion = torch.randn(16, 2, 2, 3, generator=torch.Generator().manual_seed(2))
+
+    def run(noise: torch.Tensor) -> torch.Tensor:
+        return sample_chunk(
+            LinearToy(), noise, FlowMatchEulerScheduler(3, 7.0), Guidance(GuidanceConfig(use_apg=True)),
+            _conditions(), generator=make_generator(1, "cpu"), motion_latents=motion,
+        )
+
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(run(noise[None])[0], run(noise), rtol=1e-6, atol=1e-6)

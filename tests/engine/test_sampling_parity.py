@@ -79,7 +79,8 @@ def render(fx: dict[str, torch.Tensor], meta: dict[str, str], model: RecordingTo
     height, width = cond_frames.shape[-2:]
     latents, pieces = [], []
     for chunk in plan.chunks:
-        padded = torch.cat([cond_frames, cond_frames.new_zeros(3, chunk.frame_num - cond_frames.shape[1], height, width)], 1)
+        zeros = cond_frames.new_zeros(3, chunk.frame_num - cond_frames.shape[1], height, width)
+        padded = torch.cat([cond_frames, zeros], dim=1)  # conditioning frames, then mid-grey
         cond_latent = toy_vae_encode(padded)
         motion = cond_latent[:, : chunk.num_motion_latents] if chunk.index > 0 else None
         cond = {"context": fx["context"], "audio": chunk_audio(tracks, chunk, plan)}
