@@ -35,7 +35,9 @@ class PressView(discord.ui.View):
     async def press(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         await interaction.response.edit_message(content=f"Pressed by {interaction.user.name}", view=None)
 
-    @discord.ui.select(custom_id="proof:voice", options=[discord.SelectOption(label=v, value=v) for v in ("af_heart", "am_adam")])
+    @discord.ui.select(
+        custom_id="proof:voice", options=[discord.SelectOption(label=v, value=v) for v in ("af_heart", "am_adam")]
+    )
     async def voice(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
         await interaction.response.edit_message(content=f"Voice {select.values[0]}")
 
@@ -56,7 +58,9 @@ class JobCancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"proo
 
 
 class ScriptModal(discord.ui.Modal, title="Dialogue script"):
-    script = discord.ui.TextInput(label="Script", custom_id="proof:script", style=discord.TextStyle.long, max_length=4000)
+    script = discord.ui.TextInput(
+        label="Script", custom_id="proof:script", style=discord.TextStyle.long, max_length=4000
+    )
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         assert isinstance(interaction.client, ProofBot)
@@ -97,7 +101,9 @@ async def talk(interaction: discord.Interaction, photo: discord.Attachment, line
     await interaction.edit_original_response(
         content=f"Queued {photo.filename}: {line}", attachments=[discord.File(io.BytesIO(b"preview"), "preview.png")]
     )
-    await interaction.channel.send(f"<@{interaction.user.id}> your video", file=discord.File(io.BytesIO(RESULT), "result.mp4"))
+    await interaction.channel.send(
+        f"<@{interaction.user.id}> your video", file=discord.File(io.BytesIO(RESULT), "result.mp4")
+    )
 
 
 @app_commands.command(description="Shows a button.")
@@ -148,7 +154,9 @@ def bot(fake_discord: FakeDiscord) -> ProofBot:
     return ProofBot(fake_discord.guild.id)
 
 
-async def test_commands_are_synced_to_the_dev_guild_with_an_attachment_option(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+async def test_commands_are_synced_to_the_dev_guild_with_an_attachment_option(
+    fake_discord: FakeDiscord, bot: ProofBot
+) -> None:
     async with running_discord_client(bot, fake_discord):
         sync = fake_discord.calls(ROUTE_GUILD_COMMANDS)[0]
     assert sync.path.endswith(f"/guilds/{fake_discord.guild.id}/commands")
@@ -158,7 +166,9 @@ async def test_commands_are_synced_to_the_dev_guild_with_an_attachment_option(fa
     assert fake_discord.gateway.identifies[0]["token"] == fake_discord.token
 
 
-async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(
+    fake_discord: FakeDiscord, bot: ProofBot
+) -> None:
     async with running_discord_client(bot, fake_discord):
         photo = fake_discord.upload_attachment("alice.png", PHOTO, content_type="image/png", width=64, height=64)
         interaction = await fake_discord.run_slash_command("talk", {"photo": photo, "line": "A: hello"})
@@ -184,13 +194,17 @@ async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(
     assert delivered["attachments"][0]["content_type"] == "video/mp4"
 
 
-async def test_followup_replaces_the_thinking_message_and_status_edits_are_kept(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+async def test_followup_replaces_the_thinking_message_and_status_edits_are_kept(
+    fake_discord: FakeDiscord, bot: ProofBot
+) -> None:
     async with running_discord_client(bot, fake_discord):
         asked = await fake_discord.run_slash_command("status")
         edit = await fake_discord.wait_for_call(ROUTE_EDIT_MESSAGE)
 
     ack = fake_discord.messages[asked.original_message_id or ""]
-    assert (ack["content"], ack["flags"]) == ("Queued as job 7", 64), "the follow-up must replace 'thinking…', staying ephemeral"
+    assert (ack["content"], ack["flags"]) == ("Queued as job 7", 64), (
+        "the follow-up must replace 'thinking…', staying ephemeral"
+    )
     assert fake_discord.calls(ROUTE_FOLLOWUP)[0].query["wait"] == "1"
     status_message = fake_discord.messages[edit.path.rsplit("/", 1)[-1]]
     assert status_message["content"] == "Job 7: rendering 50%" and status_message["edited_timestamp"] is not None
@@ -274,7 +288,9 @@ async def test_modal_submit_delivers_multiline_text(fake_discord: FakeDiscord, b
     assert answer["data"]["flags"] == 64  # ephemeral
 
 
-async def test_rate_limited_channel_message_is_retried_after_the_delay(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+async def test_rate_limited_channel_message_is_retried_after_the_delay(
+    fake_discord: FakeDiscord, bot: ProofBot
+) -> None:
     fake_discord.rate_limit_next(ROUTE_CREATE_MESSAGE, retry_after_s=0.4)
     async with running_discord_client(bot, fake_discord):
         photo = fake_discord.upload_attachment("alice.png", PHOTO)
@@ -311,7 +327,9 @@ async def test_upload_over_the_limit_is_refused_with_40005(fake_discord: FakeDis
     assert isinstance(error, discord.HTTPException) and (error.status, error.code) == (413, 40005)
 
 
-async def test_gateway_reconnect_resumes_the_session_without_a_new_identify(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+async def test_gateway_reconnect_resumes_the_session_without_a_new_identify(
+    fake_discord: FakeDiscord, bot: ProofBot
+) -> None:
     async with running_discord_client(bot, fake_discord):
         await fake_discord.gateway.request_reconnect()
         await fake_discord.gateway.wait_until_ready()
@@ -327,4 +345,3 @@ async def test_wrong_token_is_refused_at_login(fake_discord: FakeDiscord, bot: P
         await bot.login("not-the-token")
     await bot.close()
     assert fake_discord.calls()[0].status == 401
-

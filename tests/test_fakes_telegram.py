@@ -10,7 +10,15 @@ import pytest
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
-from telegram.ext import AIORateLimiter, Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
 from tests.fakes.fixtures import fake_telegram, running_telegram_app, telegram_app_builder  # noqa: F401
 from tests.fakes.recording import wait_until
@@ -44,7 +52,9 @@ async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     seen.downloads.append(bytes(await file.download_as_bytearray()))
     if update.message.media_group_id is None:
         await context.bot.send_chat_action(update.effective_chat.id, ChatAction.UPLOAD_VIDEO)
-        await update.message.reply_video(VIDEO, supports_streaming=True, width=960, height=960, duration=4, filename="duet.mp4")
+        await update.message.reply_video(
+            VIDEO, supports_streaming=True, width=960, height=960, duration=4, filename="duet.mp4"
+        )
 
 
 async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -107,7 +117,9 @@ async def test_command_gets_a_reply_with_an_inline_keyboard(fake_telegram: FakeT
     assert [c.route for c in fake_telegram.calls()][:3] == ["getMe", "setMyCommands", "deleteWebhook"]
 
 
-async def test_photo_is_downloaded_and_answered_with_a_streaming_video(fake_telegram: FakeTelegram, app: Application) -> None:
+async def test_photo_is_downloaded_and_answered_with_a_streaming_video(
+    fake_telegram: FakeTelegram, app: Application
+) -> None:
     async with running_telegram_app(app):
         fake_telegram.send_photo(FileRef(PHOTO, width=1280, height=960))
         sent = await fake_telegram.wait_for_call("sendVideo")
@@ -128,7 +140,9 @@ async def test_photo_is_downloaded_and_answered_with_a_streaming_video(fake_tele
     assert fake_telegram.files[delivered["video"]["file_id"]].data == VIDEO
 
 
-async def test_button_press_is_answered_then_the_message_is_edited(fake_telegram: FakeTelegram, app: Application) -> None:
+async def test_button_press_is_answered_then_the_message_is_edited(
+    fake_telegram: FakeTelegram, app: Application
+) -> None:
     async with running_telegram_app(app):
         fake_telegram.send_command("start")
         await fake_telegram.wait_for_call("sendMessage")
@@ -171,7 +185,9 @@ async def test_flood_limit_429_is_retried_by_the_rate_limiter_after_retry_after(
     assert not seen(app).errors
 
 
-async def test_flood_limit_without_a_rate_limiter_surfaces_retry_after(fake_telegram: FakeTelegram, app: Application) -> None:
+async def test_flood_limit_without_a_rate_limiter_surfaces_retry_after(
+    fake_telegram: FakeTelegram, app: Application
+) -> None:
     fake_telegram.rate_limit_next("sendMessage", retry_after_s=7)
     async with running_telegram_app(app):
         fake_telegram.send_command("start")
@@ -181,7 +197,9 @@ async def test_flood_limit_without_a_rate_limiter_surfaces_retry_after(fake_tele
     assert isinstance(error, RetryAfter) and "Retry in 7 seconds" in str(error)
 
 
-async def test_upload_over_the_configured_limit_is_refused_with_413(fake_telegram: FakeTelegram, app: Application) -> None:
+async def test_upload_over_the_configured_limit_is_refused_with_413(
+    fake_telegram: FakeTelegram, app: Application
+) -> None:
     fake_telegram.upload_limit_bytes = len(VIDEO) - 1
     async with running_telegram_app(app):
         fake_telegram.send_photo(FileRef(PHOTO))
@@ -213,7 +231,7 @@ async def test_identical_edit_is_refused_as_not_modified(fake_telegram: FakeTele
         await bot.edit_message_text("Queued", chat_id=preview["chat"]["id"], message_id=preview["message_id"])
         with pytest.raises(BadRequest, match="not modified"):
             await bot.edit_message_text("Queued", chat_id=preview["chat"]["id"], message_id=preview["message_id"])
-        with pytest.raises(BadRequest, match="(?i)chat not found"):
+        with pytest.raises(BadRequest, match=r"(?i)chat not found"):
             await bot.send_message(chat_id=424242, text="nobody")
 
 
@@ -228,7 +246,6 @@ async def test_each_update_is_delivered_once_across_polls(fake_telegram: FakeTel
     assert len(fake_telegram.calls("sendMessage")) == 3
     offsets = [c.params.get("offset") for c in fake_telegram.calls("getUpdates")]
     assert offsets == sorted(offsets, key=lambda o: o or 0)
-
 
 
 async def test_restarted_bot_gets_what_arrived_while_down_and_nothing_twice(fake_telegram: FakeTelegram) -> None:

@@ -21,7 +21,9 @@ CDN_PREFIX = "/cdn/attachments"
 
 
 class MessageStore:
-    def __init__(self, *, ids: dp.SnowflakeFactory, base_url: Callable[[], str], bot_user: dp.FakeUser, application_id: str) -> None:
+    def __init__(
+        self, *, ids: dp.SnowflakeFactory, base_url: Callable[[], str], bot_user: dp.FakeUser, application_id: str
+    ) -> None:
         self._ids = ids
         self._base_url = base_url  # the port is known only once the server listens
         self._bot_user = bot_user
@@ -30,7 +32,13 @@ class MessageStore:
         self._cdn: dict[str, tuple[bytes, str]] = {}
 
     def store_attachment(
-        self, filename: str, data: bytes, *, content_type: str | None = None, width: int | None = None, height: int | None = None
+        self,
+        filename: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
     ) -> dict[str, Any]:
         """Put bytes on the CDN; returns the attachment object with a signed-looking URL."""
         attachment_id = self._ids()

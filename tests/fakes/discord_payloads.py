@@ -94,7 +94,12 @@ class FakeChannel:
     def payload(self) -> dict[str, Any]:
         if self.kind == CHANNEL_DM:
             assert self.recipient is not None
-            return {"id": self.id, "type": CHANNEL_DM, "recipients": [self.recipient.payload()], "last_message_id": None}
+            return {
+                "id": self.id,
+                "type": CHANNEL_DM,
+                "recipients": [self.recipient.payload()],
+                "last_message_id": None,
+            }
         return {
             "id": self.id,
             "type": self.kind,
@@ -203,7 +208,14 @@ def message_payload(
 
 
 def attachment_payload(
-    *, attachment_id: str, filename: str, size: int, url: str, content_type: str | None, width: int | None, height: int | None
+    *,
+    attachment_id: str,
+    filename: str,
+    size: int,
+    url: str,
+    content_type: str | None,
+    width: int | None,
+    height: int | None,
 ) -> dict[str, Any]:
     attachment: dict[str, Any] = {"id": attachment_id, "filename": filename, "size": size, "url": url, "proxy_url": url}
     if content_type is not None:

@@ -73,7 +73,11 @@ class FakeDiscord(LoopbackServer):
         self.user = dp.FakeUser(id=self._ids(), username="alice")
         self.channel = dp.FakeChannel(id=self._ids(), kind=dp.CHANNEL_GUILD_TEXT, name="general")
         self.guild = dp.FakeGuild(
-            id=self._ids(), name="Duet Test Guild", owner=self.user, channels=[self.channel], members=[self.user, self.bot_user]
+            id=self._ids(),
+            name="Duet Test Guild",
+            owner=self.user,
+            channels=[self.channel],
+            members=[self.user, self.bot_user],
         )
         self.channel.guild_id = self.guild.id
         self.channels: dict[str, dp.FakeChannel] = {self.channel.id: self.channel}
@@ -115,13 +119,24 @@ class FakeDiscord(LoopbackServer):
         return channel
 
     def upload_attachment(
-        self, filename: str, data: bytes, *, content_type: str | None = None, width: int | None = None, height: int | None = None
+        self,
+        filename: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
     ) -> dict[str, Any]:
         """Put bytes on the fake CDN as a user upload; returns the attachment object to pass as an option value."""
         return self.store.store_attachment(filename, data, content_type=content_type, width=width, height=height)
 
     async def run_slash_command(
-        self, name: str, options: dict[str, Any] | None = None, *, user: dp.FakeUser | None = None, channel: dp.FakeChannel | None = None
+        self,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        user: dp.FakeUser | None = None,
+        channel: dp.FakeChannel | None = None,
     ) -> FakeInteraction:
         """Dispatch an APPLICATION_COMMAND interaction for a command the bot registered.
 
@@ -147,14 +162,21 @@ class FakeDiscord(LoopbackServer):
                 }
                 value = value.id
             wire_options.append({"name": option_name, "type": kind, "value": value})
-        data: dict[str, Any] = {"id": command["id"], "name": name, "type": command.get("type", 1), "options": wire_options}
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": name,
+            "type": command.get("type", 1),
+            "options": wire_options,
+        }
         if resolved:
             data["resolved"] = resolved
         if command.get("guild_id"):
             data["guild_id"] = command["guild_id"]
         return await self._dispatch_interaction(dp.INTERACTION_APPLICATION_COMMAND, data, user=user, channel=channel)
 
-    async def click_button(self, message_id: str, custom_id: str, *, user: dp.FakeUser | None = None) -> FakeInteraction:
+    async def click_button(
+        self, message_id: str, custom_id: str, *, user: dp.FakeUser | None = None
+    ) -> FakeInteraction:
         """Press a button the bot put on `message_id` (it must be there and enabled)."""
         self._shown_component(message_id, custom_id, COMPONENT_BUTTON)
         data = {"custom_id": custom_id, "component_type": COMPONENT_BUTTON}
@@ -195,10 +217,19 @@ class FakeDiscord(LoopbackServer):
         """
         if shown_by.modal is None:
             raise LookupError(f"interaction {shown_by.id} was not answered with a modal")
-        known = {c["custom_id"] for c in _walk_components(shown_by.modal["components"]) if c.get("type") == COMPONENT_TEXT_INPUT}
+        known = {
+            c["custom_id"]
+            for c in _walk_components(shown_by.modal["components"])
+            if c.get("type") == COMPONENT_TEXT_INPUT
+        }
         if unknown := set(values) - known:
-            raise KeyError(f"modal {shown_by.modal['custom_id']!r} has no inputs {sorted(unknown)}; it has {sorted(known)}")
-        data = {"custom_id": shown_by.modal["custom_id"], "components": _fill_modal(shown_by.modal["components"], values)}
+            raise KeyError(
+                f"modal {shown_by.modal['custom_id']!r} has no inputs {sorted(unknown)}; it has {sorted(known)}"
+            )
+        data = {
+            "custom_id": shown_by.modal["custom_id"],
+            "components": _fill_modal(shown_by.modal["components"], values),
+        }
         source = self.messages.get(shown_by.source_message_id or "")
         return await self._dispatch_interaction(
             dp.INTERACTION_MODAL_SUBMIT, data, user=user or shown_by.user, channel=shown_by.channel, message=source
@@ -207,7 +238,8 @@ class FakeDiscord(LoopbackServer):
     async def wait_for_response(self, interaction: FakeInteraction, timeout: float = 5.0) -> dict[str, Any]:
         """The bot's initial response (callback body) to `interaction`."""
         call = await self.wait_for_call(
-            lambda c: c.route == ROUTE_CALLBACK and c.path.split("/")[4] == interaction.id and c.status < 300, timeout=timeout
+            lambda c: c.route == ROUTE_CALLBACK and c.path.split("/")[4] == interaction.id and c.status < 300,
+            timeout=timeout,
         )
         return call.params
 
@@ -215,7 +247,9 @@ class FakeDiscord(LoopbackServer):
         """Make its token invalid, as Discord does after 15 minutes (or 3 s without an answer)."""
         interaction.is_expired = True
 
-    def rate_limit_next(self, route: str, *, retry_after_s: float = 0.25, is_global: bool = False, times: int = 1) -> None:
+    def rate_limit_next(
+        self, route: str, *, retry_after_s: float = 0.25, is_global: bool = False, times: int = 1
+    ) -> None:
         """Answer the next `times` calls of `route` with 429, headers and body like Discord's."""
         body = {"message": "You are being rate limited.", "retry_after": retry_after_s, "global": is_global}
         headers = {
@@ -248,9 +282,15 @@ class FakeDiscord(LoopbackServer):
             web.get(api + "/applications/{application_id}/guilds/{guild_id}/commands", self._get_commands),
             web.post(api + "/interactions/{interaction_id}/{interaction_token}/callback", self._callback),
             web.post(api + "/webhooks/{application_id}/{interaction_token}", self._followup),
-            web.get(api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message),
-            web.patch(api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message),
-            web.delete(api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message),
+            web.get(
+                api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message
+            ),
+            web.patch(
+                api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message
+            ),
+            web.delete(
+                api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message
+            ),
             web.get(api + "/channels/{channel_id}", self._get_channel),
             web.post(api + "/channels/{channel_id}/messages", self._create_message),
             web.get(api + "/channels/{channel_id}/messages/{message_id}", self._get_message),
@@ -412,7 +452,9 @@ class FakeDiscord(LoopbackServer):
             raise PermissionError(f"component {custom_id!r} is disabled")
         return component
 
-    async def _component_interaction(self, message_id: str, data: dict[str, Any], user: dp.FakeUser | None) -> FakeInteraction:
+    async def _component_interaction(
+        self, message_id: str, data: dict[str, Any], user: dp.FakeUser | None
+    ) -> FakeInteraction:
         message = self.messages[message_id]
         channel = self.channels[message["channel_id"]]
         return await self._dispatch_interaction(
@@ -439,13 +481,18 @@ class FakeDiscord(LoopbackServer):
             flags = data.get("flags", 0) & dp.MESSAGE_FLAG_EPHEMERAL
             if kind == dp.CALLBACK_DEFERRED_MESSAGE:
                 data, flags = {}, flags | dp.MESSAGE_FLAG_LOADING
-            message = self.store.create(interaction.channel, data, files, flags=flags, interaction_metadata=self._metadata(interaction))
+            message = self.store.create(
+                interaction.channel, data, files, flags=flags, interaction_metadata=self._metadata(interaction)
+            )
             interaction.original_message_id = message["id"]
         elif kind == dp.CALLBACK_UPDATE_MESSAGE:
             message = self.store.edit(self.messages[interaction.source_message_id or ""], data, files)
         elif kind == dp.CALLBACK_MODAL:
             interaction.modal = data
-        answer: dict[str, Any] = {"interaction": {"id": interaction.id, "type": interaction.kind}, "resource": {"type": kind}}
+        answer: dict[str, Any] = {
+            "interaction": {"id": interaction.id, "type": interaction.kind},
+            "resource": {"type": kind},
+        }
         if message is not None:
             answer["interaction"] |= {
                 "response_message_id": message["id"],
@@ -473,7 +520,9 @@ class FakeDiscord(LoopbackServer):
             message["flags"] &= ~dp.MESSAGE_FLAG_LOADING
         else:
             flags = data.get("flags", 0) & dp.MESSAGE_FLAG_EPHEMERAL
-            message = self.store.create(interaction.channel, data, files, flags=flags, interaction_metadata=self._metadata(interaction))
+            message = self.store.create(
+                interaction.channel, data, files, flags=flags, interaction_metadata=self._metadata(interaction)
+            )
         if request.query.get("wait") in ("1", "true", "True"):
             return json_response(message)
         return web.Response(status=204)

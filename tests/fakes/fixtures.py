@@ -50,7 +50,9 @@ async def fake_discord(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDis
 
 
 @asynccontextmanager
-async def running_discord_client(client: discord.Client, fake: FakeDiscord, *, timeout: float = 10.0) -> AsyncIterator[discord.Client]:
+async def running_discord_client(
+    client: discord.Client, fake: FakeDiscord, *, timeout: float = 10.0
+) -> AsyncIterator[discord.Client]:
     """Run `client` against `fake` until the block ends, then close it and await its task.
 
     Entered once the bot has logged in, run `setup_hook` (command sync) and received READY and

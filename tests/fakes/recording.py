@@ -9,6 +9,7 @@ Discord or Telegram; each fake names its routes and decides what a fault looks l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -115,11 +116,8 @@ class CallLog:
             if remaining <= 0:
                 seen = [f"{c.status} {c.route}" for c in self.calls]
                 raise TimeoutError(f"no call #{nth} matching {match!r} within {timeout}s; seen: {seen}")
-            arrived = self._arrived
-            try:
-                await asyncio.wait_for(arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
 
 
 async def wait_until(condition: Callable[[], bool], *, timeout: float = 5.0) -> None:
@@ -185,7 +183,9 @@ class LoopbackServer:
     def calls(self, match: CallMatcher | None = None) -> list[RecordedCall]:
         return list(self.log.calls) if match is None else self.log.find(match)
 
-    def fail_next(self, route: str, status: int, body: Any, *, headers: dict[str, str] | None = None, times: int = 1) -> None:
+    def fail_next(
+        self, route: str, status: int, body: Any, *, headers: dict[str, str] | None = None, times: int = 1
+    ) -> None:
         """Answer the next `times` calls of `route` with `status` and JSON `body`."""
         self.faults.append(Fault(route=route, status=status, body=body, headers=headers or {}, times=times))
 
@@ -261,5 +261,7 @@ async def read_multipart(request: web.Request) -> tuple[dict[str, str], tuple[Up
             fields[part.name or ""] = data.decode()
         else:
             content_type = part.headers.get("Content-Type", "application/octet-stream")
-            files.append(UploadedFile(field=part.name or "", filename=part.filename, content_type=content_type, data=bytes(data)))
+            files.append(
+                UploadedFile(field=part.name or "", filename=part.filename, content_type=content_type, data=bytes(data))
+            )
     return fields, tuple(files)

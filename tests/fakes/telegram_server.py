@@ -27,7 +27,13 @@ PHOTO_UPLOAD_LIMIT_BYTES = 10 * 1000 * 1000
 DOWNLOAD_LIMIT_BYTES = 20 * 1000 * 1000
 
 # Parameters the Bot API reads as strings even when they look like JSON ("123" stays text).
-_STRING_PARAMS = frozenset({"text", "caption", "callback_query_id", "file_id", "action", "parse_mode", "url", "filename"})
+_STRING_PARAMS = frozenset(
+    {"text", "caption", "callback_query_id", "file_id", "action", "parse_mode", "url", "filename"}
+)
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are exactly the same"
+    " as a current content and reply markup of the message"
+)
 _MEDIA_KINDS = {"sendPhoto": "photo", "sendVideo": "video", "sendDocument": "document", "sendAnimation": "animation"}
 
 
@@ -103,7 +109,9 @@ class _Polling:
 
 
 class FakeTelegram(LoopbackServer):
-    def __init__(self, *, token: str = "123456:FAKE-telegram-token", upload_limit_bytes: int = CLOUD_UPLOAD_LIMIT_BYTES) -> None:
+    def __init__(
+        self, *, token: str = "123456:FAKE-telegram-token", upload_limit_bytes: int = CLOUD_UPLOAD_LIMIT_BYTES
+    ) -> None:
         super().__init__()
         self.token = token
         self.upload_limit_bytes = upload_limit_bytes
@@ -140,7 +148,12 @@ class FakeTelegram(LoopbackServer):
     # -- the human side ---------------------------------------------------------------------
 
     def add_user(self, first_name: str, *, username: str | None = None, language_code: str = "en") -> TelegramUser:
-        user = TelegramUser(id=next(self._user_ids), first_name=first_name, username=username or first_name.lower(), language_code=language_code)
+        user = TelegramUser(
+            id=next(self._user_ids),
+            first_name=first_name,
+            username=username or first_name.lower(),
+            language_code=language_code,
+        )
         self.chats[user.id] = user.private_chat()
         return user
 
@@ -152,7 +165,9 @@ class FakeTelegram(LoopbackServer):
     def store_file(self, ref: FileRef, *, folder: str) -> StoredFile:
         """Register bytes as a Telegram file (what getFile and the download route serve)."""
         number = next(self._file_ids)
-        suffix = ref.file_name.rsplit(".", 1)[-1] if ref.file_name and "." in ref.file_name else ref.mime_type.split("/")[-1]
+        suffix = (
+            ref.file_name.rsplit(".", 1)[-1] if ref.file_name and "." in ref.file_name else ref.mime_type.split("/")[-1]
+        )
         stored = StoredFile(
             file_id=f"F{number:04d}{secrets.token_hex(6)}",
             file_unique_id=f"U{number:04d}",
@@ -163,29 +178,60 @@ class FakeTelegram(LoopbackServer):
         self.files[stored.file_id] = stored
         return stored
 
-    def send_text(self, text: str, *, user: TelegramUser | None = None, chat: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    def send_text(
+        self, text: str, *, user: TelegramUser | None = None, chat: dict[str, Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """Queue a text message from `user` (to the bot's private chat unless `chat` is given)."""
         return self._user_message(user, chat, {"text": text} | extra)
 
-    def send_command(self, command: str, args: str = "", *, user: TelegramUser | None = None, chat: dict[str, Any] | None = None) -> dict[str, Any]:
+    def send_command(
+        self, command: str, args: str = "", *, user: TelegramUser | None = None, chat: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         text = f"/{command}" + (f" {args}" if args else "")
         entity = {"type": "bot_command", "offset": 0, "length": len(command) + 1}
         return self._user_message(user, chat, {"text": text, "entities": [entity]})
 
-    def send_photo(self, photo: FileRef, *, caption: str | None = None, user: TelegramUser | None = None, chat: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    def send_photo(
+        self,
+        photo: FileRef,
+        *,
+        caption: str | None = None,
+        user: TelegramUser | None = None,
+        chat: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Queue a compressed photo; like Telegram, it arrives as a list of sizes (thumbnail first)."""
         return self._user_message(user, chat, {"photo": self._photo_sizes(photo)} | _caption(caption) | extra)
 
-    def send_document(self, document: FileRef, *, caption: str | None = None, user: TelegramUser | None = None, chat: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    def send_document(
+        self,
+        document: FileRef,
+        *,
+        caption: str | None = None,
+        user: TelegramUser | None = None,
+        chat: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Queue a file sent "as file" (original bytes, with a file name and MIME type)."""
         stored = self.store_file(document, folder="documents")
-        return self._user_message(user, chat, {"document": self._document(stored, document)} | _caption(caption) | extra)
+        return self._user_message(
+            user, chat, {"document": self._document(stored, document)} | _caption(caption) | extra
+        )
 
-    def send_album(self, photos: list[FileRef], *, caption: str | None = None, user: TelegramUser | None = None, chat: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def send_album(
+        self,
+        photos: list[FileRef],
+        *,
+        caption: str | None = None,
+        user: TelegramUser | None = None,
+        chat: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
         """Queue an album: one update per photo sharing a media_group_id; the caption rides on the first."""
         group_id = str(10**17 + next(self._file_ids))
         return [
-            self.send_photo(photo, caption=caption if index == 0 else None, user=user, chat=chat, media_group_id=group_id)
+            self.send_photo(
+                photo, caption=caption if index == 0 else None, user=user, chat=chat, media_group_id=group_id
+            )
             for index, photo in enumerate(photos)
         ]
 
@@ -198,13 +244,21 @@ class FakeTelegram(LoopbackServer):
         query_id = str(next(self._file_ids) * 7919)
         self.callback_queries[query_id] = False
         sender = user or self.user
-        query = {"id": query_id, "from": sender.payload(), "chat_instance": str(current["chat"]["id"]), "data": callback_data, "message": current}
+        query = {
+            "id": query_id,
+            "from": sender.payload(),
+            "chat_instance": str(current["chat"]["id"]),
+            "data": callback_data,
+            "message": current,
+        }
         self._polling.push({"callback_query": query})
         return query_id
 
     def sent_messages(self, chat_id: int | None = None) -> list[dict[str, Any]]:
         """Messages the bot has sent (as currently stored: edits applied, deletions gone)."""
-        return [m for (c, _), m in self.messages.items() if m["from"]["id"] == self.bot_user["id"] and chat_id in (None, c)]
+        return [
+            m for (c, _), m in self.messages.items() if m["from"]["id"] == self.bot_user["id"] and chat_id in (None, c)
+        ]
 
     def rate_limit_next(self, method: str, *, retry_after_s: int = 1, times: int = 1) -> None:
         """Answer the next `times` calls of `method` with a flood-control 429."""
@@ -337,7 +391,14 @@ class FakeTelegram(LoopbackServer):
             return _error(400, "Bad Request: invalid file_id")
         if len(stored.data) > DOWNLOAD_LIMIT_BYTES:
             return _error(400, "Bad Request: file is too big")
-        return _ok({"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "file_size": len(stored.data), "file_path": stored.file_path})
+        return _ok(
+            {
+                "file_id": stored.file_id,
+                "file_unique_id": stored.file_unique_id,
+                "file_size": len(stored.data),
+                "file_path": stored.file_path,
+            }
+        )
 
     def _send_media(self, params: dict[str, Any], uploads: tuple[UploadedFile, ...], kind: str) -> web.Response:
         """sendPhoto/sendVideo/sendDocument/sendAnimation with an upload or an existing file_id."""
@@ -369,17 +430,29 @@ class FakeTelegram(LoopbackServer):
     def _next_message_id(self, chat_id: int) -> int:
         return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
 
-    def _user_message(self, user: TelegramUser | None, chat: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
+    def _user_message(
+        self, user: TelegramUser | None, chat: dict[str, Any] | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
         sender = user or self.user
         chat = chat or sender.private_chat()
-        message = {"message_id": self._next_message_id(chat["id"]), "date": int(time.time()), "chat": chat, "from": sender.payload()} | body
+        message = {
+            "message_id": self._next_message_id(chat["id"]),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": sender.payload(),
+        } | body
         self.messages[(chat["id"], message["message_id"])] = message
         self._polling.push({"message": message})
         return message
 
     def _bot_message(self, params: dict[str, Any], body: dict[str, Any]) -> web.Response:
         chat = self.chats[params["chat_id"]]
-        message: dict[str, Any] = {"message_id": self._next_message_id(chat["id"]), "date": int(time.time()), "chat": chat, "from": self.bot_user} | body
+        message: dict[str, Any] = {
+            "message_id": self._next_message_id(chat["id"]),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": self.bot_user,
+        } | body
         reply_to = (params.get("reply_parameters") or {}).get("message_id") or params.get("reply_to_message_id")
         if reply_to is not None:
             replied = self.messages.get((chat["id"], int(reply_to)))
@@ -399,10 +472,7 @@ class FakeTelegram(LoopbackServer):
             return _error(400, "Bad Request: message can't be edited")
         new_markup = params.get("reply_markup") or None
         if all(message.get(k) == v for k, v in changes.items()) and message.get("reply_markup") == new_markup:
-            return _error(
-                400,
-                "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
-            )
+            return _error(400, NOT_MODIFIED)
         message.update(changes)
         if new_markup is None:
             message.pop("reply_markup", None)
@@ -425,7 +495,12 @@ class FakeTelegram(LoopbackServer):
 
     @staticmethod
     def _document(stored: StoredFile, ref: FileRef) -> dict[str, Any]:
-        document = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "mime_type": stored.mime_type, "file_size": len(stored.data)}
+        document = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "mime_type": stored.mime_type,
+            "file_size": len(stored.data),
+        }
         if ref.file_name:
             document["file_name"] = ref.file_name
         return document
