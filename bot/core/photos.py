@@ -70,9 +70,27 @@ class PhotoTooLargeError(PhotoError):
 class UnsupportedPhotoError(PhotoError):
     key = "photo.unsupported_format"
     templates = {
-        "en": "Photo {photo} is not a JPEG, PNG or WebP image (it looks like {kind}). "
+        "en": "Photo {photo} is a {kind} file, not a JPEG, PNG or WebP photo. "
         "Send a still photo in one of those formats.",
-        "zh": "照片 {photo} 不是 JPEG、PNG 或 WebP 图片（看起来是{kind}）。请发送这几种格式之一的静态照片。",
+        "zh": "照片 {photo} 是 {kind} 文件，不是 JPEG、PNG 或 WebP 照片。请发送这几种格式之一的静态照片。",
+    }
+
+
+class HeicPhotoError(UnsupportedPhotoError):
+    key = "photo.heic"
+    templates = {
+        "en": "Photo {photo} is in Apple's HEIC format, which Duet cannot read. Send it as a photo "
+        "(not as a file), or on the iPhone choose Settings → Camera → Formats → Most Compatible.",
+        "zh": "照片 {photo} 是苹果的 HEIC 格式，无法读取。请以“照片”而不是“文件”的方式发送，"
+        "或在 iPhone 上选择 设置 → 相机 → 格式 → 兼容性最佳。",
+    }
+
+
+class NotAnImageError(UnsupportedPhotoError):
+    key = "photo.not_an_image"
+    templates = {
+        "en": "Photo {photo} is not an image file. Send a JPEG, PNG or WebP photo.",
+        "zh": "照片 {photo} 不是图片文件。请发送 JPEG、PNG 或 WebP 照片。",
     }
 
 
@@ -128,33 +146,43 @@ class PhotoAspectError(PhotoError):
     }
 
 
-# What refused bytes most likely are, for a friendlier message; only consulted after Pillow,
-# restricted to ACCEPTED_FORMATS, has already refused them. (prefix, offset, name)
+# What refused bytes most likely are, for a more helpful refusal; consulted only after Pillow,
+# restricted to ACCEPTED_FORMATS, has refused them. Names are format acronyms, which read the same
+# in every locale. (prefix, offset, name)
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
-    (b"GIF8", 0, "a GIF"),
-    (b"%PDF", 0, "a PDF document"),
-    (b"PK\x03\x04", 0, "a ZIP archive"),
-    (b"ftypheic", 4, "an HEIC photo (on iPhone: Settings → Camera → Formats → Most Compatible)"),
-    (b"ftypheix", 4, "an HEIC photo (on iPhone: Settings → Camera → Formats → Most Compatible)"),
-    (b"ftypmif1", 4, "an HEIF photo"),
-    (b"ftypavif", 4, "an AVIF image"),
-    (b"BM", 0, "a BMP image"),
-    (b"II*\x00", 0, "a TIFF image"),
-    (b"MM\x00*", 0, "a TIFF image"),
-    (b"SIMPLE  =", 0, "a FITS file"),
+    (b"GIF8", 0, "GIF"),
+    (b"%PDF", 0, "PDF"),
+    (b"PK\x03\x04", 0, "ZIP"),
+    (b"ftypheic", 4, "HEIC"),
+    (b"ftypheix", 4, "HEIC"),
+    (b"ftypmif1", 4, "HEIC"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"SIMPLE  =", 0, "FITS"),
 )
-_TEXT_MARKERS = (b"<svg", b"<?xml", b"<!doctype", b"<html")
+_MARKUP_MARKERS = (b"<svg", b"<?xml", b"<!doctype", b"<html")
 
 
-def describe_bytes(data: bytes) -> str:
-    """A short human name for refused bytes ("a GIF", "an SVG or HTML document", "something else")."""
+def identify_refused(data: bytes) -> str | None:
+    """The format of bytes Duet refuses ("GIF", "SVG/HTML", …), or None when they look like no file type."""
     for prefix, offset, name in _SIGNATURES:
         if data[offset : offset + len(prefix)] == prefix:
             return name
     head = data[:512].lstrip().lower()
-    if any(marker in head for marker in _TEXT_MARKERS):
-        return "an SVG or HTML document"
-    return "something else"
+    if any(marker in head for marker in _MARKUP_MARKERS):
+        return "SVG/HTML"
+    return None
+
+
+def _unsupported(data: bytes, photo: str, detail: str) -> UnsupportedPhotoError:
+    kind = identify_refused(data)
+    if kind == "HEIC":
+        return HeicPhotoError(photo=photo, admin_detail=detail)
+    if kind is None:
+        return NotAnImageError(photo=photo, admin_detail=detail)
+    return UnsupportedPhotoError(photo=photo, kind=kind, admin_detail=detail)
 
 
 def load_photo(data: bytes, *, photo: str, limits: PhotoLimits = PhotoLimits()) -> Photo:
@@ -176,9 +204,7 @@ def load_photo(data: bytes, *, photo: str, limits: PhotoLimits = PhotoLimits()) 
         try:
             image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
         except UnidentifiedImageError as exc:
-            raise UnsupportedPhotoError(
-                photo=photo, kind=describe_bytes(data), admin_detail=str(exc)
-            ) from exc
+            raise _unsupported(data, photo, str(exc)) from exc
         except Image.DecompressionBombError as exc:
             raise PhotoBombError(
                 photo=photo, limit_mp=limits.max_pixels // 1_000_000, admin_detail=str(exc)
