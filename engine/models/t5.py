@@ -5,13 +5,19 @@ The network is transformers' `UMT5EncoderModel`, which computes the reference `T
 bidirectional, max distance 128), RMSNorm eps 1e-6, the gated tanh-GELU FFN, a final RMSNorm and no
 biases anywhere. tests/engine/test_t5_parity.py holds it to the reference's own outputs.
 
+Prompts are cleaned and tokenized as the reference does (`clean_prompt`, `tokenize_prompts`).
+
 No file I/O here: engine/weights.py reads `models_t5_umt5-xxl-enc-bf16.pth` and the tokenizer folder.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
+from typing import Any
 
+import ftfy
 import torch
 from torch import nn
 from transformers import UMT5Config, UMT5EncoderModel
@@ -40,6 +46,26 @@ class T5Config:
         return self.dim // self.num_heads
 
 
+def clean_prompt(text: str) -> str:
+    """The reference's "whitespace" cleaning: ftfy repair (which also straightens curly quotes), HTML entities
+    unescaped twice, whitespace runs collapsed to one space. It changes tokens, so it is part of the numerics."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def tokenize_prompts(tokenizer: Any, prompts: list[str], text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (ids, mask), each [B, text_len]: cleaned, EOS appended, truncated and padded to text_len."""
+    batch = tokenizer(
+        [clean_prompt(prompt) for prompt in prompts],
+        return_tensors="pt",
+        padding="max_length",
+        truncation=True,
+        max_length=text_len,
+        add_special_tokens=True,
+    )
+    return batch.input_ids, batch.attention_mask
+
+
 class UMT5TextEncoder(nn.Module):
     """Token ids + attention mask -> the last hidden state, one row per token."""
 
@@ -59,6 +85,9 @@ class UMT5TextEncoder(nn.Module):
                 layer_norm_epsilon=config.norm_eps,
                 feed_forward_proj="gated-gelu",  # tanh GELU on the gate branch, as the reference
                 dropout_rate=0.0,
+                # The reference's order in bf16: bias added to the raw scores, softmax in fp32, probabilities
+                # rounded to bf16 before the value product. Two prompts once per job: speed does not matter.
+                attn_implementation="eager",
             )
         )
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models.t5 import T5Config, UMT5TextEncoder
-from engine.weights import WeightsError, load_t5, load_t5_tokenizer
+from engine.models.t5 import T5Config, UMT5TextEncoder, clean_prompt, tokenize_prompts
+from engine.weights import T5_TOKENIZER_DIR, WeightsError, load_t5, load_t5_tokenizer
 
 TOLERANCE = 1e-5
 
@@ -59,6 +59,33 @@ def test_default_precision_is_bf16_as_the_reference(load_fixture, tmp_path):
     assert {p.dtype for p in encoder.parameters()} == {torch.bfloat16}
 
 
-def test_tokenizer_comes_only_from_a_local_folder(tmp_path):
+def test_tokenizer_folder_that_is_missing_is_named(tmp_path):
     with pytest.raises(WeightsError, match="tokenizer folder not found: .*google/umt5-xxl"):
-        load_t5_tokenizer(tmp_path / "google/umt5-xxl")
+        load_t5_tokenizer(tmp_path / T5_TOKENIZER_DIR)
+
+
+@pytest.fixture()
+def tokenizer_folder(tmp_path):
+    """A word-level stand-in for umT5's tokenizer with the same special-token behaviour (EOS appended, pad 0)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "two": 3, "people": 4, "talk": 5, "&": 6, '"': 7}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    folder = tmp_path / T5_TOKENIZER_DIR
+    wrapped.save_pretrained(folder)
+    return folder
+
+
+def test_prompts_are_cleaned_then_padded_with_eos_from_the_local_tokenizer(tokenizer_folder):
+    tokenizer = load_t5_tokenizer(tokenizer_folder)
+    ids, mask = tokenize_prompts(tokenizer, ["two \u201cpeople\u201d  &amp;amp;\n talk", "talk " * 20], text_len=8)
+    assert ids.tolist() == [[3, 7, 4, 7, 6, 5, 1, 0], [5, 5, 5, 5, 5, 5, 5, 1]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1, 1, 1, 0], [1] * 8]
+
+
+def test_prompt_cleaning_repairs_mojibake_and_entities_like_the_reference():
+    assert clean_prompt("  caf\u00c3\u00a9 \u201cdialogue\u201d &amp;amp;lt;\t ok ") == 'caf\u00e9 "dialogue" < ok'
