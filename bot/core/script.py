@@ -215,7 +215,7 @@ _NOT_NAMES = frozenset(
     e.g i.e fyi re subject summary conclusion reminder source link url todo time date step result
     results output input answer question q.e.d translation remember so well yes no ok okay then but
     and also first second third finally why what how because however therefore meanwhile later
-    today tomorrow yesterday here there this that it he she they we you i my our your their
+    today tomorrow yesterday here there this that
     注意 注 备注 備註 提示 说明 說明 例如 比如 总结 總結 结论 結論 时间 時間 日期 原因 结果 結果 答案
     更新 警告 重要 翻译 翻譯 然后 然後 但是 所以 因为 因為 首先 其次 最后 最後 比方 问题 問題
     今天 明天 后天 後天 昨天 前天 早上 上午 中午 下午 晚上 现在 現在 后来 後來 目前 其实 其實 另外""".split()

@@ -197,6 +197,18 @@ def list_voices(language: Language | None = None, gender: Gender | None = None) 
     ]
 
 
+def find_voices(query: str, locale: str | None = "en", limit: int = 25) -> list[Voice]:
+    """Voices whose id or label (in `locale`) contains `query`, case-insensitively, for pickers and
+    autocomplete (Discord answers at most 25 choices). An empty query lists the catalog head."""
+    needle = query.strip().casefold()
+    matches = [
+        voice
+        for voice in VOICES.values()
+        if needle in voice.id or needle in voice.label(locale).casefold() or needle in voice.label("en").casefold()
+    ]
+    return matches[:limit]
+
+
 def suggest_voice(language: Language, gender: Gender) -> Voice:
     """The default voice of a language and gender (used for defaults and in error suggestions)."""
     return VOICES[_DEFAULTS[(language, gender)]]

@@ -180,3 +180,9 @@ def test_a_label_of_another_family_inside_a_line_is_text() -> None:
 def test_chinese_time_words_with_colons_do_not_make_a_named_script() -> None:
     dialogue = _parse("今天天气很好。\n明天：可能下雨。\n后天：晴天。\n好的。")
     assert dialogue.format == ScriptFormat.FREE and len(dialogue.lines) == 4
+
+
+def test_chat_log_pronoun_names_are_speakers() -> None:
+    dialogue = _parse("Me: hi\nYou: hello\nMe: bye")
+    assert dialogue.names == {"A": "Me", "B": "You"}
+    assert [line.text for line in dialogue.lines] == ["hi", "hello", "bye"]

@@ -14,6 +14,7 @@ from bot.core.voices import (
     Gender,
     count_speech_units,
     default_voice,
+    find_voices,
     detect_language,
     get_voice,
     list_voices,
@@ -177,3 +178,23 @@ def test_unknown_chosen_voice_is_refused_in_the_plan() -> None:
 def test_blank_choice_means_default() -> None:
     plan = plan_voices(parse_script("A: hi\nB: yo"), voice_a="  ", voice_b=None)
     assert plan.voices == {"A": VOICES["af_heart"], "B": VOICES["am_adam"]}
+
+
+@pytest.mark.parametrize(
+    ("query", "locale", "expected"),
+    [
+        ("heart", "en", ["af_heart"]),
+        ("普通话", "zh", sorted(MANDARIN)),
+        ("mandarin", "zh", sorted(MANDARIN)),  # English words work in a Chinese client too
+        ("温柔", "zh", ["af_heart"]),
+        ("british english, male", "en", ["bm_daniel", "bm_fable", "bm_george", "bm_lewis"]),
+        ("zzz", "en", []),
+    ],
+)
+def test_find_voices_by_id_or_label(query: str, locale: str, expected: list[str]) -> None:
+    assert sorted(voice.id for voice in find_voices(query, locale)) == expected
+
+
+def test_find_voices_respects_the_platform_choice_limit() -> None:
+    assert len(find_voices("", limit=25)) == 25
+    assert find_voices("")[0].id == "af_heart"
