@@ -160,6 +160,8 @@ _cascades = threading.local()  # a CascadeClassifier must not be shared between 
 
 def _load_cascades() -> tuple[cv2.CascadeClassifier, cv2.CascadeClassifier]:
     if not hasattr(_cascades, "pair"):
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 dropped the Haar cascades and their data
+            raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascades: install opencv-python-headless<5")
         loaded = tuple(cv2.CascadeClassifier(cv2.data.haarcascades + name) for name in _CASCADE_FILES)
         if any(cascade.empty() for cascade in loaded):
             raise RuntimeError(f"OpenCV's face cascades are missing from {cv2.data.haarcascades}")

@@ -123,6 +123,39 @@ def test_each_sample_photo_has_exactly_one_face(hopper: Image.Image, astronaut: 
         assert portrait.face.width >= ComposeConfig().min_face_px
 
 
+class ScriptedCascade:
+    """Stands in for cv2.CascadeClassifier: answers each detectMultiScale call from a script."""
+
+    def __init__(self, answers: list[list[tuple[int, int, int, int]]]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    def detectMultiScale(self, grey: np.ndarray, **params: object) -> np.ndarray:  # noqa: N802 - OpenCV's name
+        answer = self.answers[self.calls]
+        self.calls += 1
+        return np.array(answer, dtype=np.int32).reshape(-1, 4)
+
+
+def test_profiles_are_searched_both_ways_when_no_frontal_face_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frontal = ScriptedCascade([[]])
+    profile = ScriptedCascade([[], [(10, 20, 50, 50)]])  # found only in the mirrored image
+    monkeypatch.setattr("bot.core.compose._load_cascades", lambda: (frontal, profile))
+    faces = detect_faces(Image.new("RGB", (400, 300)))
+    assert faces == [Box(400 - 10 - 50, 20, 400 - 10, 70)]
+    assert (frontal.calls, profile.calls) == (1, 2)
+
+
+def test_a_frontal_face_skips_the_profile_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    frontal = ScriptedCascade([[(100, 40, 80, 80), (110, 50, 60, 60)]])  # one face, found twice
+    profile = ScriptedCascade([])
+    monkeypatch.setattr("bot.core.compose._load_cascades", lambda: (frontal, profile))
+    # A 1280-px photo is searched at 640 px: boxes come back in the photo's own pixels.
+    assert detect_faces(Image.new("RGB", (1280, 960))) == [Box(200, 80, 360, 240)]
+    assert profile.calls == 0
+
+
 def test_a_photo_without_a_face_is_refused_with_a_tip(astronaut: Image.Image) -> None:
     no_face = astronaut.crop((256, 256, 512, 512)).resize((400, 400))  # helmet and shuttle only
     with pytest.raises(NoFaceError) as caught:
