@@ -109,10 +109,13 @@ class CheckpointTensors(Mapping[str, torch.Tensor]):
             return ref.reshape
         return tuple(shape)  # a size that cannot be reshaped shows as the wrong shape it is
 
+    def file(self, key: str) -> Path:
+        """The file a target key is read from."""
+        return self._refs[key].file
+
     def source(self, key: str) -> str:
-        """The file (and original key) a target key is read from, for error messages."""
-        ref = self._refs[key]
-        return f"{ref.file} [{ref.key}]"
+        """The file and original key a target key is read from, for error messages."""
+        return f"{self.file(key)} [{self._refs[key].key}]"
 
     def converted(self, convert: Callable[[str], list[str] | str | None]) -> CheckpointTensors:
         """Renames keys: `convert(original)` gives the new key, None to drop it, or N keys to split it in N."""
@@ -179,8 +182,8 @@ def read_sharded_safetensors(index_path: str | Path) -> CheckpointTensors:
     for key, shard in weight_map.items():
         if key not in tensors:
             raise WeightsError(f"{index_path} maps {key} to {shard}, which does not contain it")
-        if tensors._refs[key].file != index_path.parent / shard:
-            raise WeightsError(f"{index_path} maps {key} to {shard}, but it is in {tensors._refs[key].file}")
+        if tensors.file(key) != index_path.parent / shard:
+            raise WeightsError(f"{index_path} maps {key} to {shard}, but it is in {tensors.file(key)}")
     extra = sorted(set(tensors) - set(weight_map))
     if extra:
         raise WeightsError(f"the shards of {index_path} hold keys its weight_map does not list: {_names(extra)}")
@@ -446,7 +449,13 @@ def load_dit(
         for name in _DIT_CONFIG_FIELDS:
             if name in values and values[name] != getattr(config, name):
                 raise WeightsError(f"{config_path}: {name} is {values[name]}, the DiT config has {getattr(config, name)}")
-    tensors = read_sharded_safetensors(ckpt_dir / DIT_INDEX_FILE)
+    index_path = ckpt_dir / DIT_INDEX_FILE
+    tensors = read_sharded_safetensors(index_path)
+    if not any(key.startswith("audio_proj.") for key in tensors):
+        raise WeightsError(
+            f"{index_path} lists no MultiTalk weights (audio_proj.*): it is still Wan's own index; replace it with "
+            "MeiGen-MultiTalk's index and put multitalk.safetensors next to it"
+        )
     with parameters_on_meta():
         model = MultiTalkDiT(config)
     load_tensors(model, tensors, what=f"DiT {ckpt_dir}", device=device, dtype=dtype)

@@ -148,10 +148,16 @@ def test_dit_index_that_misplaces_a_key_is_named(dit_state, tmp_path):
         load_dit(tmp_path, config=DiTConfig.tiny())
 
 
-def test_dit_index_without_the_multitalk_keys_is_refused(dit_state, tmp_path):
-    """A base Wan index (not replaced by MultiTalk's) lists no audio keys: missing keys, named."""
-    _write_dit_folder(tmp_path, {k: v for k, v in dit_state.items() if not k.startswith("audio_proj.")})
-    with pytest.raises(WeightsError, match=r"keys missing from the checkpoint: audio_proj\."):
+def test_wan_index_not_replaced_by_multitalks_is_refused_with_the_fix(dit_state, tmp_path):
+    base_only = {key: value for key, value in dit_state.items() if "audio" not in key and "norm_x" not in key}
+    _write_dit_folder(tmp_path, base_only)
+    with pytest.raises(WeightsError, match=r"lists no MultiTalk weights .*replace it with MeiGen-MultiTalk's index"):
+        load_dit(tmp_path, config=DiTConfig.tiny())
+
+
+def test_dit_key_missing_from_the_shards_is_named(dit_state, tmp_path):
+    _write_dit_folder(tmp_path, {key: value for key, value in dit_state.items() if key != "blocks.1.norm_x.weight"})
+    with pytest.raises(WeightsError, match=r"keys missing from the checkpoint: blocks\.1\.norm_x\.weight"):
         load_dit(tmp_path, config=DiTConfig.tiny())
 
 
