@@ -65,13 +65,16 @@ def branch_conditions(
     config: GuidanceConfig,
     cond: Mapping[str, Any],
     *,
-    negative_context: Any,
-    text_key: str = "context",
+    negative_text: Any,
+    text_key: str = "text_states",
     audio_key: str = "audio",
 ) -> dict[str, dict[str, Any]]:
     """The model keyword arguments of every branch, derived from those of the `cond` branch.
 
-    Image conditioning (CLIP features, `y`, region masks) is shared by all branches. A dropped audio
+    The default keys are `MultiTalkDiT.embed`'s (`text_states`, `audio`); `negative_text` is the
+    encoded negative prompt that replaces the prompt in the text-dropping branches.
+
+    Image conditioning (CLIP states, conditioning latents, region masks) is shared by all branches. A dropped audio
     is a single all-zero stream `zeros_like(audio)[-1:]` even for two speakers (spec §5.2, pitfall
     17): the model then takes its one-person path.
     """
@@ -79,8 +82,8 @@ def branch_conditions(
     null_audio = torch.zeros_like(audio[-1:])
     by_branch = {
         Branch.COND: dict(cond),
-        Branch.DROP_TEXT: {**cond, text_key: negative_context},
-        Branch.UNCOND: {**cond, text_key: negative_context, audio_key: null_audio},
+        Branch.DROP_TEXT: {**cond, text_key: negative_text},
+        Branch.UNCOND: {**cond, text_key: negative_text, audio_key: null_audio},
         Branch.DROP_AUDIO: {**cond, audio_key: null_audio},
     }
     return {str(branch): by_branch[branch] for branch in config.branches}

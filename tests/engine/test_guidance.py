@@ -81,19 +81,19 @@ def test_apg_momentum_restarts_with_a_new_guidance_object():
 def test_branch_conditions_follow_the_reference_table():
     audio = torch.randn(2, 81, 5, 12, 8)
     image = {"clip": torch.randn(1, 4), "y": torch.randn(20, 3)}
-    cond = {"context": "prompt", "audio": audio, **image}
-    three = branch_conditions(GuidanceConfig(), cond, negative_context="negative")
+    cond = {"text_states": "prompt", "audio": audio, **image}
+    three = branch_conditions(GuidanceConfig(), cond, negative_text="negative")
     assert list(three) == ["cond", "drop_text", "uncond"]
-    assert three["cond"]["context"] == "prompt" and three["cond"]["audio"] is audio
-    assert three["drop_text"]["context"] == "negative" and three["drop_text"]["audio"] is audio
-    assert three["uncond"]["context"] == "negative"
+    assert three["cond"]["text_states"] == "prompt" and three["cond"]["audio"] is audio
+    assert three["drop_text"]["text_states"] == "negative" and three["drop_text"]["audio"] is audio
+    assert three["uncond"]["text_states"] == "negative"
     # One all-zero stream even for two speakers: the model's single-person path.
     assert three["uncond"]["audio"].shape == (1, 81, 5, 12, 8) and not three["uncond"]["audio"].any()
     for branch in three.values():
         assert branch["clip"] is image["clip"] and branch["y"] is image["y"]
-    two = branch_conditions(GuidanceConfig(text_scale=1.0), cond, negative_context="negative")
+    two = branch_conditions(GuidanceConfig(text_scale=1.0), cond, negative_text="negative")
     assert list(two) == ["cond", "drop_audio"]
-    assert two["drop_audio"]["context"] == "prompt" and two["drop_audio"]["audio"].shape[0] == 1
+    assert two["drop_audio"]["text_states"] == "prompt" and two["drop_audio"]["audio"].shape[0] == 1
 
 
 def test_velocity_calls_each_branch_by_name_in_order():

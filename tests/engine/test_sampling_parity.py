@@ -57,9 +57,9 @@ class RecordingToyModel:
     def __init__(self):
         self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
-    def __call__(self, latent, t, *, branch, context, audio):
+    def __call__(self, latent, t, *, branch, text_states, audio):
         self.calls.append((branch, latent.clone(), t.clone()))
-        return toy_velocity(latent, t, context, audio)
+        return toy_velocity(latent, t, text_states, audio)
 
 
 def render(fx: dict[str, torch.Tensor], meta: dict[str, str], model: RecordingToyModel):
@@ -83,8 +83,8 @@ def render(fx: dict[str, torch.Tensor], meta: dict[str, str], model: RecordingTo
         padded = torch.cat([cond_frames, zeros], dim=1)  # conditioning frames, then mid-grey
         cond_latent = toy_vae_encode(padded)
         motion = cond_latent[:, : chunk.num_motion_latents] if chunk.index > 0 else None
-        cond = {"context": fx["context"], "audio": chunk_audio(tracks, chunk, plan)}
-        conditions = branch_conditions(config, cond, negative_context=fx["context_null"])
+        cond = {"text_states": fx["context"], "audio": chunk_audio(tracks, chunk, plan)}
+        conditions = branch_conditions(config, cond, negative_text=fx["context_null"])
         shape = (LATENT_CHANNELS, cond_latent.shape[1], height // 8, width // 8)
         latent = sample_chunk(
             model, initial_noise(shape, generator), scheduler, Guidance(config), conditions,
