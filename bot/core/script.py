@@ -51,8 +51,8 @@ from bot.core.errors import (
     UnlabeledLineError,
 )
 from bot.core.voices import count_speech_units
+from storage.contract import Speaker
 
-Speaker = Literal["A", "B"]
 SPEAKERS: tuple[Speaker, Speaker] = ("A", "B")
 
 
@@ -463,8 +463,9 @@ def _spoken_and_directions(text: str) -> tuple[str, list[str]]:
         previous, text = text, _DIRECTION.sub(take, text)
     text = _SPACES.sub(" ", text.replace("**", "").replace("__", "").replace("*", "").replace("`", "")).strip()
     closing = _QUOTE_PAIRS.get(text[:1])
-    if closing and len(text) >= 2 and text.endswith(closing) and closing not in text[1:-1] and text[0] not in text[1:-1]:
-        text = text[1:-1].strip()
+    inner = text[1:-1]
+    if closing and len(text) >= 2 and text.endswith(closing) and closing not in inner and text[0] not in inner:
+        text = inner.strip()  # quotation marks around the whole turn are not spoken
     if not any(char.isalnum() for char in text):
         text = ""
     return text, directions
@@ -539,7 +540,9 @@ def parse_script(text: str, limits: ScriptLimits | None = None) -> Dialogue:
         spoken, directions = _spoken_and_directions(turn.raw)
         directions = turn.directions + directions
         if spoken:
-            lines.append(DialogueLine(speaker=turn.speaker, text=spoken, directions=tuple(directions), line_no=turn.line_no))
+            lines.append(
+                DialogueLine(speaker=turn.speaker, text=spoken, directions=tuple(directions), line_no=turn.line_no)
+            )
         elif directions:
             notes.append(f"{turn.speaker}: " + "; ".join(directions))
     dialogue = Dialogue(

@@ -18,14 +18,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
 from bot.core.errors import LanguageSettingError, UnknownVoiceError, VoiceLanguageError, normalize_locale
+from storage.contract import Language as LanguageChoice
+from storage.contract import Speaker
 
 if TYPE_CHECKING:
     from bot.core.script import Dialogue
 
-Language = Literal["en", "zh"]
-LanguageChoice = Literal["auto", "en", "zh"]
+Language = Literal["en", "zh"]  # a detected language; the user's choice (LanguageChoice) may also be "auto"
 LangCode = Literal["a", "b", "z"]  # Kokoro KPipeline lang_code: American English, British English, Mandarin
-Speaker = Literal["A", "B"]
 
 # Han ideographs (CJK unified, extension A, compatibility, extensions B+). Kana and Hangul are not
 # counted: Kokoro's Mandarin pipeline cannot read them either.

@@ -207,7 +207,10 @@ def test_keys_are_unique_per_class() -> None:
 
 @pytest.mark.parametrize(
     ("locale", "expected"),
-    [("zh-CN", "zh"), ("zh_TW", "zh"), ("zh-hans", "zh"), ("ZH", "zh"), ("en-US", "en"), ("de", "en"), (None, "en"), ("", "en")],
+    [
+        ("zh-CN", "zh"), ("zh_TW", "zh"), ("zh-hans", "zh"), ("ZH", "zh"),
+        ("en-US", "en"), ("de", "en"), (None, "en"), ("", "en"),
+    ],
 )
 def test_platform_locales_map_to_catalog_locales(locale: str | None, expected: str) -> None:
     assert normalize_locale(locale) == expected

@@ -26,7 +26,8 @@ def test_fixture_parses_as_expected(path: Path) -> None:
     dialogue = parse_script(path.read_text("utf-8"))
 
     assert dialogue.to_json() == [{"speaker": line["speaker"], "text": line["text"]} for line in expected["lines"]]
-    assert [list(line.directions) for line in dialogue.lines] == [line.get("directions", []) for line in expected["lines"]]
+    expected_directions = [line.get("directions", []) for line in expected["lines"]]
+    assert [list(line.directions) for line in dialogue.lines] == expected_directions
     assert dialogue.format == expected["format"]
     assert dialogue.names == expected["names"]
     assert list(dialogue.notes) == expected.get("notes", [])

@@ -32,7 +32,8 @@ def dialogues(draw: st.DrawFn, alternating: bool = False) -> list[tuple[str, str
     if alternating:
         speakers = ["AB"[index % 2] for index in range(count)]
     else:
-        speakers = draw(st.lists(st.sampled_from("AB"), min_size=count, max_size=count).filter(lambda s: set(s) == {"A", "B"}))
+        both = st.lists(st.sampled_from("AB"), min_size=count, max_size=count).filter(lambda s: set(s) == {"A", "B"})
+        speakers = draw(both)
     return [(speaker, draw(utterances())) for speaker in speakers]
 
 
@@ -55,7 +56,9 @@ _LABELS = {
     blank_lines=st.booleans(),
     one_line=st.booleans(),
 )
-def test_labelled_scripts_round_trip(turns: list[tuple[str, str]], style: str, blank_lines: bool, one_line: bool) -> None:
+def test_labelled_scripts_round_trip(
+    turns: list[tuple[str, str]], style: str, blank_lines: bool, one_line: bool
+) -> None:
     label_a, label_b = _LABELS[style]
     rendered = [(label_a if speaker == "A" else label_b) + text for speaker, text in turns]
     if one_line and style == "tags":
@@ -68,7 +71,9 @@ def test_labelled_scripts_round_trip(turns: list[tuple[str, str]], style: str, b
 
 @PROPERTY_SETTINGS
 @given(turns=dialogues(), names=st.sampled_from([("Alice", "Bob"), ("小明", "小红"), ("Dr. Who", "Mary Jane")]))
-def test_named_scripts_round_trip_with_the_first_name_as_a(turns: list[tuple[str, str]], names: tuple[str, str]) -> None:
+def test_named_scripts_round_trip_with_the_first_name_as_a(
+    turns: list[tuple[str, str]], names: tuple[str, str]
+) -> None:
     first = turns[0][0]
     name_of = {first: names[0], ("B" if first == "A" else "A"): names[1]}
     script = "\n".join(f"{name_of[speaker]}: {text}" for speaker, text in turns)
