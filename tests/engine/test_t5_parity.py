@@ -52,11 +52,16 @@ def test_token_embedding_is_shared_with_the_encoder_stack_after_loading(encoder)
     assert encoder.model.encoder.embed_tokens.weight is encoder.model.shared.weight
 
 
-def test_default_precision_is_bf16_as_the_reference(load_fixture, tmp_path):
+@torch.no_grad()
+def test_default_bf16_encoder_reproduces_the_reference_bf16_run_bit_for_bit(load_fixture, reference, tmp_path):
+    """The reference casts T5 to bf16; with the same operation order (eager attention) every bit agrees on CPU."""
     path = tmp_path / "t5.pth"
     torch.save(load_fixture("t5/reference_state_dict"), path)
     encoder = load_t5(path, config=T5Config.tiny())
     assert {p.dtype for p in encoder.parameters()} == {torch.bfloat16}
+    hidden = encoder(reference["input_ids"], reference["attention_mask"])
+    torch.testing.assert_close(hidden[0], reference["hidden_bf16"][0], rtol=0, atol=0)
+    torch.testing.assert_close(hidden[1, :23], reference["hidden_bf16"][1, :23], rtol=0, atol=0)
 
 
 def test_tokenizer_folder_that_is_missing_is_named(tmp_path):
