@@ -70,12 +70,13 @@ class SpeechRates:
     english_words_per_s: float = 2.7
     pause_between_lines_s: float = 0.3
 
-    def seconds(self, texts: Sequence[str]) -> float:
+    def seconds(self, texts: Sequence[str], speed: float = 1.0) -> float:
+        """Estimated length of the lines spoken in turn; `speed` is Kokoro's speed factor (0.5–2)."""
         total = 0.0
         for text in texts:
             units = count_speech_units(text)
             total += units.han_chars / self.chinese_chars_per_s + units.words / self.english_words_per_s
-        return total + self.pause_between_lines_s * max(len(texts) - 1, 0)
+        return total / speed + self.pause_between_lines_s * max(len(texts) - 1, 0)
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ class Dialogue(_Frozen):
         """The shape `duet script parse --json` prints and the job spec stores."""
         return [{"speaker": line.speaker, "text": line.text} for line in self.lines]
 
-    def estimated_speech_s(self, rates: SpeechRates | None = None) -> float:
-        return (rates or SpeechRates()).seconds([line.text for line in self.lines])
+    def estimated_speech_s(self, rates: SpeechRates | None = None, speed: float = 1.0) -> float:
+        return (rates or SpeechRates()).seconds([line.text for line in self.lines], speed)
 
 
 # --------------------------------------------------------------------------------------------- input text
@@ -521,8 +522,11 @@ def _format_of(pieces: Sequence[_Piece], slots: dict[str, Speaker]) -> ScriptFor
 # ---------------------------------------------------------------------------------------------- public
 
 
-def parse_script(text: str, limits: ScriptLimits | None = None) -> Dialogue:
-    """Parse a dialogue script; raises a ScriptError subclass whose message says how to fix the input."""
+def parse_script(text: str, limits: ScriptLimits | None = None, speech_speed: float = 1.0) -> Dialogue:
+    """Parse a dialogue script; raises a ScriptError subclass whose message says how to fix the input.
+
+    `speech_speed` is the job's TTS speed: a faster voice fits more words into the time limit.
+    """
     limits = limits or ScriptLimits()
     if len(text) > 2 * limits.max_script_chars + 1000:  # bound the work before cleaning
         raise ScriptTooLongError(length=len(text), limit=limits.max_script_chars)
@@ -552,11 +556,11 @@ def parse_script(text: str, limits: ScriptLimits | None = None) -> Dialogue:
         notes=tuple(note for note in notes if note),
         removed_characters=removed,
     )
-    check_dialogue(dialogue, limits)
+    check_dialogue(dialogue, limits, speech_speed)
     return dialogue
 
 
-def check_dialogue(dialogue: Dialogue, limits: ScriptLimits) -> None:
+def check_dialogue(dialogue: Dialogue, limits: ScriptLimits, speech_speed: float = 1.0) -> None:
     """The limits a parsed dialogue must meet, in the order a user should fix them."""
     if not dialogue.lines:
         raise EmptyScriptError()
@@ -576,7 +580,7 @@ def check_dialogue(dialogue: Dialogue, limits: ScriptLimits) -> None:
             )
     if len(dialogue.lines) > limits.max_lines:
         raise TooManyLinesError(count=len(dialogue.lines), limit=limits.max_lines)
-    seconds = dialogue.estimated_speech_s(limits.rates)
+    seconds = dialogue.estimated_speech_s(limits.rates, speech_speed)
     if seconds > limits.max_speech_s:
         excess = math.ceil(seconds - limits.max_speech_s)
         raise SpeechTooLongError(

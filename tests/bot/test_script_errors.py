@@ -141,6 +141,13 @@ def test_default_limit_accepts_a_minute_of_speech_and_refuses_more() -> None:
         parse_script("\n".join(lines))
 
 
+def test_a_faster_voice_fits_more_text_into_the_limit() -> None:
+    script = "A: " + " ".join(["hello"] * 20) + "\nB: " + " ".join(["world"] * 20)  # 40 words ≈ 15.1 s
+    with pytest.raises(SpeechTooLongError):
+        parse_script(script, ScriptLimits(max_speech_s=10))
+    assert parse_script(script, ScriptLimits(max_speech_s=10), speech_speed=2.0).estimated_speech_s(speed=2.0) < 10
+
+
 def test_speech_rates_are_documented_numbers() -> None:
     rates = SpeechRates()
     assert 4 <= rates.chinese_chars_per_s <= 5
