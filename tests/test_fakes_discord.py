@@ -9,8 +9,7 @@ import io
 import discord
 import pytest
 from discord import app_commands
-
-from tests.fakes.discord_server import (
+from fakes.discord_server import (
     ROUTE_CALLBACK,
     ROUTE_CREATE_MESSAGE,
     ROUTE_EDIT_MESSAGE,
@@ -20,8 +19,8 @@ from tests.fakes.discord_server import (
     ROUTE_TYPING,
     FakeDiscord,
 )
-from tests.fakes.fixtures import fake_discord, running_discord_client  # noqa: F401
-from tests.fakes.recording import wait_until
+from fakes.fixtures import fake_discord, running_discord_client  # noqa: F401
+from fakes.recording import wait_until
 
 PHOTO = b"\x89PNG\r\n\x1a\nnot-really-a-png-but-bytes-are-bytes"
 RESULT = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4

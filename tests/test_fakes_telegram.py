@@ -7,6 +7,9 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+from fakes.fixtures import fake_telegram, running_telegram_app, telegram_app_builder  # noqa: F401
+from fakes.recording import wait_until
+from fakes.telegram_server import FakeTelegram, FileRef
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
@@ -19,10 +22,6 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
-
-from tests.fakes.fixtures import fake_telegram, running_telegram_app, telegram_app_builder  # noqa: F401
-from tests.fakes.recording import wait_until
-from tests.fakes.telegram_server import FakeTelegram, FileRef
 
 PHOTO = b"\xff\xd8\xff\xe0JFIF-photo-bytes" * 8
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8

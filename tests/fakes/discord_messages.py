@@ -14,8 +14,8 @@ from typing import Any
 
 import yarl
 
-from tests.fakes import discord_payloads as dp
-from tests.fakes.recording import UploadedFile
+from . import discord_payloads as dp
+from .recording import UploadedFile
 
 CDN_PREFIX = "/cdn/attachments"
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes import discord_payloads as dp
-from tests.fakes.discord_gateway import FakeGateway
-from tests.fakes.discord_messages import CDN_PREFIX, MessageStore
-from tests.fakes.recording import FILES, PARAMS, LoopbackServer, UploadedFile, json_response, read_multipart
+from . import discord_payloads as dp
+from .discord_gateway import FakeGateway
+from .discord_messages import CDN_PREFIX, MessageStore
+from .recording import FILES, PARAMS, LoopbackServer, UploadedFile, json_response, read_multipart
 
 API_PREFIX = "/api/v10"
 # Route names as recorded (method + Discord's path template).

@@ -1,8 +1,8 @@
 """Pytest fixtures and runners that connect the real discord.py / python-telegram-bot to the fakes.
 
-Use from any test module with ``from tests.fakes.fixtures import *  # noqa: F403`` or by listing
-``"tests.fakes.fixtures"`` in the root conftest's ``pytest_plugins``. Every fixture starts its
-fake on 127.0.0.1 and stops it (and whatever client a runner started) at the end of the test.
+Import the fixtures into a test module (``from fakes.fixtures import fake_discord, ...``) or list the
+module in the root conftest's ``pytest_plugins``. Every fixture starts its fake on 127.0.0.1 and
+stops it (and whatever client a runner started) at the end of the test.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 import yarl
 from telegram.ext import Application, ApplicationBuilder
 
-from tests.fakes.discord_server import FakeDiscord
-from tests.fakes.telegram_server import FakeTelegram
+from .discord_server import FakeDiscord
+from .telegram_server import FakeTelegram
 
 __all__ = [
     "fake_discord",

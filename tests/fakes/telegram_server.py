@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.recording import FILES, PARAMS, LoopbackServer, UploadedFile, json_response, read_multipart
+from .recording import FILES, PARAMS, LoopbackServer, UploadedFile, json_response, read_multipart
 
 CLOUD_UPLOAD_LIMIT_BYTES = 50 * 1000 * 1000
 PHOTO_UPLOAD_LIMIT_BYTES = 10 * 1000 * 1000
