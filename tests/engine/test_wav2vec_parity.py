@@ -58,6 +58,15 @@ def test_features_at_video_rate_match_reference(encoder, reference, relative_err
     assert relative_error(features, reference["features"]) <= TOLERANCE
 
 
+def test_a_folder_with_only_pytorch_model_bin_loads_the_same_weights(folder, encoder, load_fixture, tmp_path):
+    for name in ("config.json", "preprocessor_config.json"):
+        (tmp_path / name).write_text((folder / name).read_text())
+    torch.save(load_fixture("wav2vec/reference_state_dict"), tmp_path / "pytorch_model.bin")
+    from_bin = load_wav2vec(tmp_path)
+    for (name, ours), (_, theirs) in zip(from_bin.state_dict().items(), encoder.state_dict().items(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+
+
 def test_preprocessor_from_the_folder_normalises_as_the_reference(folder, reference):
     extractor = load_wav2vec_preprocessor(folder)
     values = extractor(reference["speech"].numpy(), sampling_rate=16000).input_values

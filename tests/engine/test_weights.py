@@ -10,8 +10,18 @@ from safetensors.torch import save_file
 
 from engine.models.clip import CLIPConfig, WanCLIPImageEncoder
 from engine.models.dit import DiTConfig, MultiTalkDiT
-from engine.models.t5 import T5Config
-from engine.weights import DIT_INDEX_FILE, WeightsError, load_dit, load_t5, parameters_on_meta
+from engine.models.t5 import T5Config, UMT5TextEncoder
+from engine.weights import (
+    DIT_INDEX_FILE,
+    CheckpointTensors,
+    WeightsError,
+    check_tensors,
+    convert_t5_key,
+    load_dit,
+    load_t5,
+    parameters_on_meta,
+    read_pth,
+)
 
 
 @pytest.fixture()
@@ -72,6 +82,22 @@ def test_weights_error_keeps_paths_out_of_the_user_message(tmp_path):
         load_t5(tmp_path / "t5.pth", config=T5Config.tiny())
     assert str(tmp_path) not in caught.value.user_message
     assert str(tmp_path) in caught.value.admin_detail
+
+
+def test_a_checkpoint_is_checked_without_reading_any_tensor(t5_state, tmp_path, monkeypatch):
+    """Keys and shapes come from the headers, so a wrong 65 GB checkpoint fails before any data is read."""
+
+    def unreadable(self, key):
+        raise AssertionError(f"{key} was read before the checkpoint was checked")
+
+    path = tmp_path / "t5.pth"
+    torch.save({**t5_state, "blocks.0.attn.extra.weight": torch.zeros(1)}, path)
+    tensors = read_pth(path).converted(convert_t5_key)
+    with parameters_on_meta():
+        model = UMT5TextEncoder(T5Config.tiny())
+    monkeypatch.setattr(CheckpointTensors, "__getitem__", unreadable)
+    with pytest.raises(WeightsError, match="unexpected keys"):
+        check_tensors(model, tensors, "T5")
 
 
 def test_models_are_built_with_meta_parameters_and_real_buffers():
