@@ -223,6 +223,7 @@ _NOT_NAMES = frozenset(
 )
 _SPEECH_VERB_ENDINGS = ("说", "說", "道", "问", "問", "答", "讲", "講", "表示", "回答", "认为", "認為", "觉得", "覺得", "想")
 _PRONOUN_STARTS = ("我", "你", "您", "他", "她", "它", "这", "這", "那", "大家")
+_SAID = re.compile(r"([\u3400-\u9fff·]{1,8}?)(?:说|說|问|問|答|回答)")
 _HAN_NAME = re.compile(r"[\u3400-\u9fff][\u3400-\u9fff·•]{0,7}")
 _LATIN_NAME_WORD = re.compile(r"[^\W\d_][^\W\d_'’.\-]*[.]?|[^\W\d_]+(?:['’\-][^\W\d_]+)+")
 
@@ -244,6 +245,12 @@ def _looks_like_name(label: str) -> bool:
 def _classify(label: str) -> _Label | None:
     """What a text before a colon is, if it is a speaker label (or a note label) at all."""
     label = unicodedata.normalize("NFKC", label).strip(" *_`")
+    if label in ("a", "b"):
+        label = label.upper()  # typed on a phone: "a: hi"
+    if said := _SAID.fullmatch(label):
+        # "小明说：" / "甲问：" is the speaker 小明 / 甲 — unless what is left is a pronoun ("他说：").
+        inner = _classify(said[1])
+        return inner if inner is not None and inner.family in ("letters", "names") else None
     if match := _TAG.fullmatch(label):
         return _numbered(int(match[1]), "tags", f"s{int(match[1])}")
     if match := _ROLE.fullmatch(label):

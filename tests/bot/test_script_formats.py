@@ -187,3 +187,21 @@ def test_chat_log_pronoun_names_are_speakers() -> None:
     dialogue = _parse("Me: hi\nYou: hello\nMe: bye")
     assert dialogue.names == {"A": "Me", "B": "You"}
     assert [line.text for line in dialogue.lines] == ["hi", "hello", "bye"]
+
+
+def test_lowercase_letters_typed_on_a_phone() -> None:
+    dialogue = _parse("a: hi\nb: hey. a: what's up?")
+    assert [(line.speaker, line.text) for line in dialogue.lines] == [("A", "hi"), ("B", "hey."), ("A", "what's up?")]
+
+
+def test_chinese_said_labels_name_the_speaker() -> None:
+    dialogue = _parse("小明说：你好！\n小红问：你是谁？\n小明：我是小明。\n小红答：哦。")
+    assert dialogue.names == {"A": "小明", "B": "小红"}
+    assert [line.speaker for line in dialogue.lines] == ["A", "B", "A", "B"]
+    dialogue = _parse("甲说：来了？\n乙说：来了。")
+    assert dialogue.format == ScriptFormat.LETTERS and [line.text for line in dialogue.lines] == ["来了？", "来了。"]
+
+
+def test_pronoun_said_is_speech_not_a_speaker() -> None:
+    dialogue = _parse("A: 我见到老王了。\n他说：明天见。\nB: 好的。")
+    assert dialogue.lines[0].text == "我见到老王了。他说：明天见。"

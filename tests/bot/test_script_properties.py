@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.core.errors import ScriptError
-from bot.core.script import ScriptLimits, parse_script
+from bot.core.script import ScriptLimits, decode_script_bytes, parse_script
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -164,3 +164,12 @@ def test_every_letter_of_the_input_survives_somewhere(text: str) -> None:
     for char in unicodedata.normalize("NFKC", text):
         if char.isalpha() and char not in "sSAB甲乙":  # letters of labels such as (s1), B:, 乙： are markup
             assert char in kept, char
+
+
+@PROPERTY_SETTINGS
+@given(data=st.one_of(st.binary(max_size=600), _SCRIPT_LIKE.map(lambda text: text.encode("utf-16"))))
+def test_any_uploaded_bytes_decode_or_are_refused_clearly(data: bytes) -> None:
+    try:
+        parse_script(decode_script_bytes(data))
+    except ScriptError as error:
+        assert error.message("en") and error.message("zh")
