@@ -35,6 +35,7 @@ from engine.models.vae import VAEConfig, WanVAE
 from engine.models.wav2vec import Wav2VecAudioEncoder, Wav2VecConfig
 from storage.errors import DuetError
 
+# The files of the Wan2.1-I2V-14B-480P folder (spec §4.2), for callers that resolve them in `--ckpt_dir`.
 VAE_FILE = "Wan2.1_VAE.pth"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
@@ -213,7 +214,8 @@ def parameters_on_meta() -> Iterator[None]:
 
     Parameters are moved to meta as they are registered (before any initialisation touches them), so a
     14B model costs nothing to build; buffers computed in constructors (position ids, latent statistics)
-    keep their values, which a plain `torch.device("meta")` would lose.
+    keep their values, which a plain `torch.device("meta")` would lose. It patches `nn.Module` for the
+    duration, so build models in one thread (at start-up), not while other threads construct modules.
     """
     register = nn.Module.register_parameter
 
@@ -230,14 +232,10 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def expected_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with tied aliases removed (a tied weight is stored once, under its first name)."""
-    seen: set[int] = set()
-    expected = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            expected[name] = tensor
-    return expected
+    """The model's state dict without tied aliases (a tied weight is stored once, under its first name)."""
+    state = model.state_dict(keep_vars=True)
+    aliases = _tied_aliases(state)
+    return {name: tensor for name, tensor in state.items() if name not in aliases}
 
 
 def check_tensors(model: nn.Module, tensors: CheckpointTensors, what: str) -> None:
@@ -268,8 +266,7 @@ def load_tensors(
     loaded tensor; buffers made by the constructor follow to `device`.
     """
     check_tensors(model, tensors, what)
-    state = model.state_dict(keep_vars=True)
-    aliases = _alias_names(state)
+    aliases = _tied_aliases(model.state_dict(keep_vars=True))
     loaded = {}
     for name in expected_tensors(model):
         tensor = tensors[name]
@@ -285,7 +282,8 @@ def load_tensors(
     model.eval().requires_grad_(False)
 
 
-def _alias_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
+def _tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Second and later names of one tensor -> its first name."""
     first_by_id: dict[int, str] = {}
     aliases = {}
     for name, tensor in state.items():
