@@ -153,10 +153,12 @@ def reference_attention_map(
     q: [B, H, L, d] RoPE'd queries; ref_k: [B, H, S, d] RoPE'd keys of latent frame 0; token_masks: [C, S].
     Returns [B, C, L]: per region c, the head-mean of the sum over the region's keys of softmax(q·kᵀ/√d), divided by
     the region's size. That is attention with values mask_c / |mask_c|, so the [L, S] matrix is never materialised.
+    A region with no token (e.g. no background left between two boxes) gets a zero row, where the reference
+    divides by zero and turns the whole video into NaN; a zero row simply never wins the L-RoPE argmax.
     """
     masks = token_masks.float()
     regions = masks.shape[0]
-    values = (masks / masks.sum(-1, keepdim=True)).to(q.dtype).t()  # [S, C]
+    values = (masks / masks.sum(-1, keepdim=True).clamp(min=1)).to(q.dtype).t()  # [S, C]
     values = F.pad(values, (0, -regions % 8))  # fused GPU kernels need a value width divisible by 8
     values = values.expand(*ref_k.shape[:2], *values.shape)  # [B, H, S, C + pad]
     return attention(q, ref_k, values, backend=backend)[..., :regions].mean(1).transpose(1, 2)

@@ -199,6 +199,16 @@ def test_region_masks_steer_the_two_speaker_output(reference_model, two_speakers
     assert not torch.allclose(swapped, two_speakers["velocity"], rtol=1e-3, atol=1e-3)
 
 
+def test_boxes_covering_the_whole_frame_leave_no_background_and_still_render(reference_model, two_speakers):
+    masks = torch.zeros_like(two_speakers["region_masks"])
+    masks[0, :, :6], masks[1, :, 6:] = 1, 1  # speakers' halves touch: the background region is empty
+    velocity = _call(reference_model, two_speakers, region_masks=masks)
+    assert velocity.isfinite().all()
+    token_masks = masks[:, ::2, ::2].flatten(1)  # [3, 24] at token resolution
+    ref_map = reference_attention_map(torch.randn(1, 4, 72, 16), torch.randn(1, 4, 24, 16), token_masks)
+    assert torch.equal(ref_map[0, 2], torch.zeros(72)) and (ref_map[0, :2] > 0).all()
+
+
 def test_every_attention_goes_through_the_seam(reference_model, two_speakers):
     calls = []
 
