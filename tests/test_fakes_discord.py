@@ -70,12 +70,14 @@ class ScriptModal(discord.ui.Modal, title="Dialogue script"):
 class ProofBot(discord.Client):
     """The smallest bot with the shapes Duet needs: an attachment command, a button, a modal."""
 
-    def __init__(self, guild_id: str) -> None:
+    def __init__(self, guild_id: str, *, sync_globally: bool = False) -> None:
         super().__init__(intents=discord.Intents.default())
+        self.sync_globally = sync_globally
         self.tree = app_commands.CommandTree(self)
         self.dev_guild = discord.Object(int(guild_id))
         self.downloads: list[bytes] = []
         self.submitted_scripts: list[str] = []
+        self.fetched: list[str] = []
         self.errors: list[BaseException] = []
         self.release_slow = asyncio.Event()
         self.tree.error(self._record_error)
@@ -84,8 +86,11 @@ class ProofBot(discord.Client):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(JobCancelButton)
-        self.tree.copy_global_to(guild=self.dev_guild)
-        await self.tree.sync(guild=self.dev_guild)
+        if self.sync_globally:
+            await self.tree.sync()
+        else:
+            self.tree.copy_global_to(guild=self.dev_guild)
+            await self.tree.sync(guild=self.dev_guild)
 
     async def _record_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         self.errors.append(error.__cause__ or error)
@@ -107,7 +112,9 @@ async def talk(interaction: discord.Interaction, photo: discord.Attachment, line
 
 @app_commands.command(description="Shows a button.")
 async def menu(interaction: discord.Interaction) -> None:
-    await interaction.response.send_message("Pick one", view=PressView())
+    await interaction.response.send_message(
+        "Pick one", view=PressView(), file=discord.File(io.BytesIO(b"card"), "card.png")
+    )
 
 
 @app_commands.command(description="Asks for a script in a modal.")
@@ -146,6 +153,9 @@ async def status(interaction: discord.Interaction) -> None:
     await interaction.followup.send("Queued as job 7", ephemeral=True)
     message = await interaction.channel.send("Job 7: queued")
     await message.edit(content="Job 7: rendering 50%")
+    fetched = await interaction.channel.fetch_message(message.id)
+    assert isinstance(interaction.client, ProofBot)
+    interaction.client.fetched.append(fetched.content)
 
 
 @pytest.fixture
@@ -158,6 +168,7 @@ async def test_commands_are_synced_to_the_dev_guild_with_an_attachment_option(
 ) -> None:
     async with running_discord_client(bot, fake_discord):
         sync = fake_discord.calls(ROUTE_GUILD_COMMANDS)[0]
+        await wait_until(lambda: bot.latency < 10.0)  # finite once a heartbeat was acknowledged
     assert sync.path.endswith(f"/guilds/{fake_discord.guild.id}/commands")
     by_name = {c["name"]: c for c in sync.params}
     assert set(by_name) == {"talk", "menu", "script", "job", "slow", "status"}
@@ -199,6 +210,7 @@ async def test_followup_replaces_the_thinking_message_and_status_edits_are_kept(
     async with running_discord_client(bot, fake_discord):
         asked = await fake_discord.run_slash_command("status")
         edit = await fake_discord.wait_for_call(ROUTE_EDIT_MESSAGE)
+        await wait_until(lambda: bot.fetched == ["Job 7: rendering 50%"])
 
     ack = fake_discord.messages[asked.original_message_id or ""]
     assert (ack["content"], ack["flags"]) == ("Queued as job 7", 64), (
@@ -214,7 +226,10 @@ async def test_button_click_updates_the_message_it_belongs_to(fake_discord: Fake
         shown = await fake_discord.run_slash_command("menu")
         await fake_discord.wait_for_response(shown)
         message_id = shown.original_message_id or ""
-        assert fake_discord.messages[message_id]["components"][0]["components"][0]["custom_id"] == "proof:press"
+        shown_message = fake_discord.messages[message_id]
+        assert shown_message["components"][0]["components"][0]["custom_id"] == "proof:press"
+        assert [a["filename"] for a in shown_message["attachments"]] == ["card.png"]
+        assert fake_discord.calls(ROUTE_CALLBACK)[0].file("files[0]").data == b"card"
         bob = fake_discord.add_user("bob")
         press = await fake_discord.click_button(message_id, "proof:press", user=bob)
         answer = await fake_discord.wait_for_response(press)
@@ -337,6 +352,17 @@ async def test_gateway_reconnect_resumes_the_session_without_a_new_identify(
 
     assert len(fake_discord.gateway.identifies) == 1
     assert fake_discord.gateway.resumes[0]["session_id"] and fake_discord.gateway.resumes[0]["seq"] >= 2
+
+
+async def test_globally_synced_command_runs_in_the_guild(fake_discord: FakeDiscord) -> None:
+    bot = ProofBot(fake_discord.guild.id, sync_globally=True)
+    async with running_discord_client(bot, fake_discord):
+        shown = await fake_discord.run_slash_command("menu")
+        await fake_discord.wait_for_response(shown)
+
+    assert [c["name"] for c in fake_discord.global_commands] == ["talk", "menu", "script", "job", "slow", "status"]
+    assert not fake_discord.calls(ROUTE_GUILD_COMMANDS)
+    assert "guild_id" not in shown.payload["data"]
 
 
 async def test_wrong_token_is_refused_at_login(fake_discord: FakeDiscord, bot: ProofBot) -> None:

@@ -63,6 +63,11 @@ async def document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     context.bot_data["seen"].documents.append((doc.file_name, doc.mime_type, data))
 
 
+async def count_lines(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    assert update.message is not None and update.message.text is not None
+    await update.message.reply_text(f"Got {len(update.message.text.splitlines())} lines")
+
+
 async def render_pressed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     assert query is not None
@@ -88,6 +93,7 @@ def build_app(fake: FakeTelegram, *, rate_limiter: AIORateLimiter | None = None)
     application.add_handler(CommandHandler("start", start))
     application.add_handler(MessageHandler(filters.PHOTO, photo))
     application.add_handler(MessageHandler(filters.Document.ALL, document))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, count_lines))
     application.add_handler(CallbackQueryHandler(render_pressed, pattern=r"^duet:job:render:"))
     application.add_error_handler(record_error)
     return application
@@ -154,6 +160,39 @@ async def test_button_press_is_answered_then_the_message_is_edited(
     assert (edit.params["chat_id"], edit.params["message_id"]) == (preview["chat"]["id"], preview["message_id"])
     assert fake_telegram.sent_messages()[0]["text"] == "Rendering job 1"
     assert "reply_markup" not in fake_telegram.sent_messages()[0], "editing without a keyboard removes it"
+
+
+async def test_text_in_a_group_is_answered_in_that_group(fake_telegram: FakeTelegram, app: Application) -> None:
+    group = fake_telegram.add_group("Duet fans")
+    bob = fake_telegram.add_user("Bob", language_code="zh-hans")
+    async with running_telegram_app(app):
+        fake_telegram.send_text("A: hi\nB: hello", user=bob, chat=group)
+        reply = await fake_telegram.wait_for_call("sendMessage")
+
+    assert (reply.params["chat_id"], reply.params["text"]) == (group["id"], "Got 2 lines")
+    assert fake_telegram.sent_messages(group["id"])[0]["chat"]["type"] == "group"
+
+
+async def test_media_by_upload_and_by_file_id_edits_and_deletes(fake_telegram: FakeTelegram, app: Application) -> None:
+    chat_id = fake_telegram.user.id
+    keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Re-roll", callback_data="duet:job:reroll:1")]])
+    async with running_telegram_app(app):
+        bot = app.bot
+        uploaded = await bot.send_photo(chat_id, PHOTO, caption="A | B")
+        again = await bot.send_photo(chat_id, uploaded.photo[-1].file_id)
+        script = await bot.send_document(chat_id, b"A: hi\n", filename="script.txt")
+        await bot.edit_message_reply_markup(chat_id, uploaded.message_id, reply_markup=keyboard)
+        await bot.delete_message(chat_id, script.message_id)
+        with pytest.raises(BadRequest, match="not found"):
+            await bot.delete_message(chat_id, script.message_id)
+
+    first, second = fake_telegram.calls("sendPhoto")
+    assert first.file("photo").data == PHOTO and first.params["caption"] == "A | B"
+    assert second.files == () and again.photo[-1].file_id == uploaded.photo[-1].file_id
+    assert fake_telegram.calls("sendDocument")[0].file("document").filename == "script.txt"
+    kept = {m["message_id"]: m for m in fake_telegram.sent_messages(chat_id)}
+    assert script.message_id not in kept
+    assert kept[uploaded.message_id]["reply_markup"]["inline_keyboard"][0][0]["text"] == "Re-roll"
 
 
 async def test_album_and_document_arrive_as_telegram_sends_them(fake_telegram: FakeTelegram, app: Application) -> None:
