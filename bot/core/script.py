@@ -22,7 +22,7 @@ Decisions (each one visible to users in the preview card):
   speakers. Unlabelled text before the first label is refused, never guessed.
 - Control, zero-width and bidi-override characters are stripped (and counted); text that is mostly
   control characters is refused as not text.
-- Speech length is estimated, not measured: `SpeechRates` documents the rates.
+- Speech length is estimated, not measured: `voices.SpeechRates` documents the rates.
 """
 
 from __future__ import annotations
@@ -50,33 +50,10 @@ from bot.core.errors import (
     TooManySpeakersError,
     UnlabeledLineError,
 )
-from bot.core.voices import count_speech_units
+from bot.core.voices import SpeechRates
 from storage.contract import Speaker
 
 SPEAKERS: tuple[Speaker, Speaker] = ("A", "B")
-
-
-@dataclass(frozen=True)
-class SpeechRates:
-    """How fast Kokoro speaks at speed 1.0, for estimates before any audio exists.
-
-    Mandarin news/dialogue runs at about 4–5 syllables (= Han characters) per second; conversational
-    English at about 150–170 words per minute, 2.5–3 words per second. The midpoints are used, plus
-    the pause the engine puts between turns. Numbers count as one word, so long digit strings read
-    aloud in Chinese are underestimated; the estimate is a guard, the engine reports the real length.
-    """
-
-    chinese_chars_per_s: float = 4.5
-    english_words_per_s: float = 2.7
-    pause_between_lines_s: float = 0.3
-
-    def seconds(self, texts: Sequence[str], speed: float = 1.0) -> float:
-        """Estimated length of the lines spoken in turn; `speed` is Kokoro's speed factor (0.5–2)."""
-        total = 0.0
-        for text in texts:
-            units = count_speech_units(text)
-            total += units.han_chars / self.chinese_chars_per_s + units.words / self.english_words_per_s
-        return total / speed + self.pause_between_lines_s * max(len(texts) - 1, 0)
 
 
 @dataclass(frozen=True)
