@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.models import DiTConfig, MultiTalkDiT, SequenceShard, register_attention_backend
 from engine.models.attention import attention
@@ -298,3 +299,26 @@ def test_audio_attention_on_token_shards_equals_whole_sequence(reference_model, 
             for a, b in zip(cuts, cuts[1:])
         ]
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-6, atol=1e-6)
+
+
+class Float64Recorder(TorchDispatchMode):
+    """Records the size of every float64 tensor an op produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float64:
+                self.sizes.append(tensor.numel())
+        return out
+
+
+def test_float64_is_confined_to_the_timestep_sinusoid(reference_model, two_speakers):
+    recorder = Float64Recorder()
+    with recorder:
+        _call(reference_model, two_speakers)
+    assert recorder.sizes  # the sinusoid itself is float64, like the reference's
+    assert max(recorder.sizes) <= reference_model.config.freq_dim  # [B, freq_dim] at most, never per token
