@@ -7,22 +7,18 @@ that need them, so `duet queue` works on a host that has neither.
 
 from __future__ import annotations
 
+import getpass
 import json
+import re
 import sys
 
 import click
 
 from bot.core.errors import InputError
-from bot.core.script import ScriptLimits, decode_script_bytes, parse_script
-from storage.cli import queue_group, settings_from
-from storage.settings import Settings
-
-
-def script_limits(settings: Settings) -> ScriptLimits:
-    limits = settings.limits
-    return ScriptLimits(
-        max_script_chars=limits.max_script_chars, max_line_chars=limits.max_line_chars, max_speech_s=limits.max_speech_s
-    )
+from bot.core.script import decode_script_bytes, parse_script
+from bot.core.submit import Draft, enqueue, prepare, script_limits
+from storage.cli import emit_json, queue_group, run_with_services, settings_from
+from storage.contract import Requester
 
 
 @click.group()
@@ -55,9 +51,9 @@ def script_group() -> None:
 @click.pass_context
 def script_parse(ctx: click.Context, file, as_json: bool, locale: str) -> None:
     """Split FILE (or - for stdin) into speakers and lines."""
-    limits = script_limits(ctx.obj["settings"])
+    settings = ctx.obj["settings"]
     try:
-        dialogue = parse_script(decode_script_bytes(file.read(), limits), limits)
+        dialogue = parse_script(_read_script(file, settings), script_limits(settings))
     except InputError as exc:
         click.echo(f"Error: {exc.message(locale)}", err=True)
         sys.exit(1)
@@ -70,3 +66,64 @@ def script_parse(ctx: click.Context, file, as_json: bool, locale: str) -> None:
         directions = f"  [{'; '.join(line.directions)}]" if line.directions else ""
         click.echo(f"{label}: {line.text}{directions}")
     click.echo(f"-- {len(dialogue.lines)} lines, format {dialogue.format}, about {dialogue.estimated_speech_s():.0f} s of speech")
+
+
+def _local_user() -> str:
+    name = re.sub(r"[^0-9A-Za-z_.-]", "_", getpass.getuser() or "operator")[:64]
+    return name or "operator"
+
+
+@queue_group.command("submit")
+@click.option("--photo-a", required=True, type=click.File("rb"), help="Photo of speaker A (stands left).")
+@click.option("--photo-b", required=True, type=click.File("rb"), help="Photo of speaker B (stands right).")
+@click.option("--script", "script_file", required=True, type=click.File("rb"), help="Dialogue script file.")
+@click.option("--scene", default="", help="What the scene looks like (optional).")
+@click.option("--voice-a", default=None, help="Kokoro voice of A (default: by language).")
+@click.option("--voice-b", default=None, help="Kokoro voice of B (default: by language).")
+@click.option("--language", type=click.Choice(["auto", "en", "zh"]), default="auto", show_default=True)
+@click.option("--quality", type=click.Choice(["480p", "720p"]), default=None, help="Default: [render] quality.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def submit_command(ctx, photo_a, photo_b, script_file, scene, voice_a, voice_b, language, quality, seed, priority, as_json):
+    """Queue a job from files, through the same checks as the chat bots. Prints the job id."""
+    settings = ctx.obj["settings"]
+    draft = Draft(
+        requester=Requester(platform="cli", user_id=_local_user(), chat_id="local"),
+        photo_a=photo_a.read(),
+        photo_b=photo_b.read(),
+        script=_read_script(script_file, settings),
+        scene=scene,
+        voice_a=voice_a,
+        voice_b=voice_b,
+        language=language,
+        quality=quality,
+        seed=seed,
+    )
+    try:
+        prepared = prepare(draft, settings)
+    except InputError as exc:
+        click.echo(f"Error: {exc.message('en')}", err=True)
+        sys.exit(1)
+    submitted = run_with_services(ctx, lambda s: enqueue(prepared, s.queue, s.media, priority=priority))
+    if as_json:
+        emit_json(
+            {
+                "id": submitted.job_id,
+                "state": "queued",
+                "lines": len(prepared.dialogue.lines),
+                "voices": {speaker: voice.id for speaker, voice in prepared.voices.voices.items()},
+                "estimated_speech_s": round(prepared.estimated_speech_s, 1),
+            }
+        )
+    else:
+        click.echo(submitted.job_id)
+
+
+def _read_script(file, settings) -> str:
+    try:
+        return decode_script_bytes(file.read(), script_limits(settings))
+    except InputError as exc:
+        click.echo(f"Error: {exc.message('en')}", err=True)
+        sys.exit(1)

@@ -269,7 +269,7 @@ async def list_workers(queue: JobQueue, *, stale_after_s: float | None = None) -
     stale_after_s = stale_after_s or queue.settings.lease_s
     now = queue.clock()
     async with queue.db.read() as conn:
-        rows = (await conn.execute(select(Worker).order_by(Worker.id))).scalars().all()
+        rows = (await conn.execute(select(Worker).order_by(Worker.id))).all()
     return [
         {
             "id": w.id,

@@ -52,8 +52,8 @@ class LimitSettings(_Section):
     max_script_chars: int = Field(default=2000, ge=10)
     max_line_chars: int = Field(default=300, ge=10)
     max_speech_s: float = Field(default=60.0, gt=0.0)
-    max_photo_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    max_photo_pixels: int = Field(default=40_000_000, gt=0)
+    max_photo_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_photo_pixels: int = Field(default=24_000_000, gt=0)
     min_photo_side: int = Field(default=256, ge=16)
 
 
