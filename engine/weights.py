@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers import AutoTokenizer, Wav2Vec2FeatureExtractor
 
 from engine.models.clip import CLIPConfig, WanCLIPImageEncoder
 from engine.models.dit import DiTConfig, MultiTalkDiT
@@ -258,7 +259,12 @@ def check_tensors(model: nn.Module, tensors: CheckpointTensors, what: str) -> No
 
 
 def load_tensors(
-    model: nn.Module, tensors: CheckpointTensors, *, what: str, device: torch.device | str, dtype: torch.dtype
+    model: nn.Module,
+    tensors: CheckpointTensors,
+    *,
+    what: str,
+    device: torch.device | str,
+    dtype: torch.dtype,
 ) -> None:
     """Fills a model built under `parameters_on_meta` from the checkpoint, one tensor at a time.
 
@@ -351,7 +357,10 @@ _T5_RULES = _renamer(
         (r"^token_embedding\.", "shared."),
         (r"^blocks\.(\d+)\.norm1\.", r"encoder.block.\1.layer.0.layer_norm."),
         (r"^blocks\.(\d+)\.attn\.", r"encoder.block.\1.layer.0.SelfAttention."),
-        (r"^blocks\.(\d+)\.pos_embedding\.embedding\.", r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
+        (
+            r"^blocks\.(\d+)\.pos_embedding\.embedding\.",
+            r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias.",
+        ),
         (r"^blocks\.(\d+)\.norm2\.", r"encoder.block.\1.layer.1.layer_norm."),
         (r"^blocks\.(\d+)\.ffn\.gate\.0\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),
         (r"^blocks\.(\d+)\.ffn\.fc1\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),
@@ -446,7 +455,8 @@ def load_dit(
         values = _read_json(config_path)
         for name in _DIT_CONFIG_FIELDS:
             if name in values and values[name] != getattr(config, name):
-                raise WeightsError(f"{config_path}: {name} is {values[name]}, the DiT config has {getattr(config, name)}")
+                ours = getattr(config, name)
+                raise WeightsError(f"{config_path}: {name} is {values[name]}, the DiT config has {ours}")
     index_path = ckpt_dir / DIT_INDEX_FILE
     tensors = read_sharded_safetensors(index_path)
     if not any(key.startswith("audio_proj.") for key in tensors):
@@ -461,7 +471,11 @@ def load_dit(
 
 
 def load_vae(
-    path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, config: VAEConfig | None = None
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    config: VAEConfig | None = None,
 ) -> WanVAE:
     """`Wan2.1_VAE.pth` -> WanVAE (fp32 as the reference)."""
     config = config or VAEConfig()
@@ -473,7 +487,11 @@ def load_vae(
 
 
 def load_t5(
-    path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, config: T5Config | None = None
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    config: T5Config | None = None,
 ) -> UMT5TextEncoder:
     """`models_t5_umt5-xxl-enc-bf16.pth` -> UMT5TextEncoder (bf16 as the reference)."""
     tensors = read_pth(path).converted(convert_t5_key)
@@ -485,8 +503,6 @@ def load_t5(
 
 def load_t5_tokenizer(folder: str | Path) -> Any:
     """The umT5 tokenizer from its local folder (`<ckpt_dir>/google/umt5-xxl`), never from the hub."""
-    from transformers import AutoTokenizer
-
     folder = Path(folder)
     if not folder.is_dir():
         raise WeightsError(f"tokenizer folder not found: {folder}")
@@ -497,7 +513,11 @@ def load_t5_tokenizer(folder: str | Path) -> Any:
 
 
 def load_clip(
-    path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float16, config: CLIPConfig | None = None
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float16,
+    config: CLIPConfig | None = None,
 ) -> WanCLIPImageEncoder:
     """The open-clip `.pth` (whole CLIP) -> WanCLIPImageEncoder, the vision tower only (fp16 as the reference)."""
     config = config or CLIPConfig()
@@ -525,8 +545,6 @@ def load_wav2vec(
 
 def load_wav2vec_preprocessor(folder: str | Path) -> Any:
     """transformers' Wav2Vec2FeatureExtractor from the folder's preprocessor_config.json (as the reference)."""
-    from transformers import Wav2Vec2FeatureExtractor
-
     path = _existing_file(Path(folder) / "preprocessor_config.json")
     return Wav2Vec2FeatureExtractor(**_read_json(path))
 

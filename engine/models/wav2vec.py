@@ -72,7 +72,7 @@ class Wav2VecConfig:
 
     def __post_init__(self) -> None:
         if self.do_stable_layer_norm:
-            raise ValueError("only the post-LN wav2vec2 layout (do_stable_layer_norm=false) of base models is supported")
+            raise ValueError("only wav2vec2's post-LN layout (do_stable_layer_norm=false, base models) is supported")
 
     @classmethod
     def from_hf_config(cls, values: dict[str, Any]) -> Wav2VecConfig:

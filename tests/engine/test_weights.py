@@ -61,19 +61,22 @@ def test_pickled_objects_are_never_unpickled(t5_state, tmp_path):
 
 def test_missing_key_is_named(t5_state, tmp_path):
     del t5_state["blocks.1.attn.q.weight"]
-    with pytest.raises(WeightsError, match=r"keys missing from the checkpoint: model\.encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight"):
+    missing = r"keys missing from the checkpoint: model\.encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight"
+    with pytest.raises(WeightsError, match=missing):
         _load_t5(t5_state, tmp_path)
 
 
 def test_unexpected_key_is_named_with_its_file(t5_state, tmp_path):
     t5_state["blocks.1.attn.extra.weight"] = torch.zeros(2)
-    with pytest.raises(WeightsError, match=r"unexpected keys .*t5_umt5-xxl-enc-bf16\.pth \[blocks\.1\.attn\.extra\.weight\]"):
+    unexpected = r"unexpected keys .*t5_umt5-xxl-enc-bf16\.pth \[blocks\.1\.attn\.extra\.weight\]"
+    with pytest.raises(WeightsError, match=unexpected):
         _load_t5(t5_state, tmp_path)
 
 
 def test_wrong_shape_is_named_with_both_shapes(t5_state, tmp_path):
     t5_state["norm.weight"] = torch.ones(31)
-    with pytest.raises(WeightsError, match=r"wrong shape for model\.encoder\.final_layer_norm\.weight .*\[norm\.weight\]: \[31\] in the checkpoint, \[32\] in the model"):
+    wrong = r"wrong shape for model\.encoder\.final_layer_norm\.weight .*\[norm\.weight\]: "
+    with pytest.raises(WeightsError, match=wrong + r"\[31\] in the checkpoint, \[32\] in the model"):
         _load_t5(t5_state, tmp_path)
 
 
@@ -132,7 +135,8 @@ def _write_dit_folder(folder, state) -> None:
         weight_map.update(dict.fromkeys(keys, name))
     (folder / DIT_INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config = DiTConfig.tiny()
-    (folder / "config.json").write_text(json.dumps({"model_type": "i2v", "dim": config.dim, "num_layers": config.num_layers}))
+    wan_config = {"model_type": "i2v", "dim": config.dim, "num_layers": config.num_layers}
+    (folder / "config.json").write_text(json.dumps(wan_config))
 
 
 def test_dit_loads_through_the_index_from_all_shards(dit_state, tmp_path):

@@ -130,7 +130,8 @@ def published_clip() -> Shapes:
 def published_wav2vec() -> Shapes:
     """chinese-wav2vec2-base's model file: HF Wav2Vec2ForPreTraining of base geometry (spec §2.3, §4.6)."""
     prefix = "wav2vec2"
-    shapes = {f"{prefix}.masked_spec_embed": (768,), f"{prefix}.feature_extractor.conv_layers.0.conv.weight": (512, 1, 10)}
+    shapes = {f"{prefix}.masked_spec_embed": (768,)}
+    shapes[f"{prefix}.feature_extractor.conv_layers.0.conv.weight"] = (512, 1, 10)
     shapes |= _layer_norm(f"{prefix}.feature_extractor.conv_layers.0.layer_norm", 512)  # the group norm
     for i, kernel in enumerate((3, 3, 3, 3, 2, 2), start=1):
         shapes[f"{prefix}.feature_extractor.conv_layers.{i}.conv.weight"] = (512, 512, kernel)
@@ -180,4 +181,5 @@ def test_clip_keeps_31_of_32_blocks_and_the_whole_vision_stem():
     kept = {key for key in published_clip() if convert_clip_key(key, CLIPConfig()) is not None}
     assert not any(key.startswith(("textual.", "visual.transformer.31.")) for key in kept)
     assert {f"visual.transformer.{i}.mlp.2.bias" for i in range(31)} <= kept
-    assert {"visual.patch_embedding.weight", "visual.cls_embedding", "visual.pos_embedding", "visual.pre_norm.weight"} <= kept
+    stem = {"visual.patch_embedding.weight", "visual.cls_embedding", "visual.pos_embedding", "visual.pre_norm.weight"}
+    assert stem <= kept
