@@ -243,13 +243,14 @@ def default_voice(speaker: Speaker, language: Language) -> Voice:
 
 
 def get_voice(name: str) -> Voice:
-    """Resolve a voice id, a legacy name of the original service, or a `…/voices/<id>.pt` path.
+    """Resolve a voice id, its display name ("Heart", "晓晓"), a legacy name of the original service,
+    or a `…/voices/<id>.pt` path.
 
     Raises UnknownVoiceError with the closest ids as suggestions.
     """
     key = name.strip().replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".pt")
     key = LEGACY_ALIASES.get(key) or LEGACY_ALIASES.get(key.lower()) or key.lower()
-    voice = VOICES.get(key)
+    voice = VOICES.get(key) or next((v for v in VOICES.values() if v.display_name.casefold() == key), None)
     if voice is not None:
         return voice
     close = difflib.get_close_matches(key, list(VOICES), n=3, cutoff=0.6)

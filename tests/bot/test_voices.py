@@ -71,6 +71,9 @@ def test_defaults_are_a_woman_for_a_and_a_man_for_b_in_each_language() -> None:
         ("男性成熟", "am_adam"),
         ("女性活泼", "af_bella"),
         ("男性年轻", "am_michael"),
+        ("Heart", "af_heart"),
+        ("晓晓", "zf_xiaoxiao"),
+        ("george", "bm_george"),
     ],
 )
 def test_voice_lookup_accepts_ids_paths_and_the_original_services_names(name: str, expected: str) -> None:
