@@ -328,6 +328,16 @@ async def test_rate_limited_interaction_edit_is_retried(fake_discord: FakeDiscor
     assert not bot.errors
 
 
+async def test_injected_discord_error_reaches_the_bot_with_its_code(fake_discord: FakeDiscord, bot: ProofBot) -> None:
+    fake_discord.fail_route(ROUTE_EDIT_MESSAGE, 400, 30046, "Maximum number of edits to messages older than 1 hour")
+    async with running_discord_client(bot, fake_discord):
+        await fake_discord.run_slash_command("status")
+        await wait_until(lambda: bool(bot.errors))
+
+    error = bot.errors[0]
+    assert isinstance(error, discord.HTTPException) and (error.status, error.code) == (400, 30046)
+
+
 async def test_upload_over_the_limit_is_refused_with_40005(fake_discord: FakeDiscord, bot: ProofBot) -> None:
     fake_discord.upload_limit_bytes = len(RESULT) - 1
     async with running_discord_client(bot, fake_discord):

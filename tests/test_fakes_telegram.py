@@ -156,6 +156,7 @@ async def test_button_press_is_answered_then_the_message_is_edited(
         edit = await fake_telegram.wait_for_call("editMessageText")
 
     answer = fake_telegram.calls("answerCallbackQuery")[0]
+    assert fake_telegram.callback_queries == {query_id: True}
     assert answer.params["callback_query_id"] == query_id and answer.at_s <= edit.at_s
     assert (edit.params["chat_id"], edit.params["message_id"]) == (preview["chat"]["id"], preview["message_id"])
     assert fake_telegram.sent_messages()[0]["text"] == "Rendering job 1"

@@ -149,6 +149,8 @@ class FakeDiscord(LoopbackServer):
         resolved: dict[str, dict[str, Any]] = {}
         wire_options = []
         for option_name, value in (options or {}).items():
+            if value is None:  # Discord leaves unset optional options out
+                continue
             if option_name not in schema:
                 raise KeyError(f"/{name} has no option {option_name!r}; registered: {sorted(schema)}")
             kind = schema[option_name]["type"]
@@ -264,6 +266,10 @@ class FakeDiscord(LoopbackServer):
         if is_global:
             headers["X-RateLimit-Global"] = "true"
         self.fail_next(route, 429, body, headers=headers, times=times)
+
+    def fail_route(self, route: str, status: int, code: int, message: str, *, times: int = 1) -> None:
+        """Answer the next `times` calls of `route` with a Discord JSON error (e.g. 50007, 30046)."""
+        self.fail_next(route, status, {"message": message, "code": code}, times=times)
 
     # -- server -----------------------------------------------------------------------------
 

@@ -128,12 +128,13 @@ class FakeTelegram(LoopbackServer):
         self._user_ids = itertools.count(1001)
         self._chat_ids = itertools.count(-1001)
         self._file_ids = itertools.count(1)
+        self._query_ids = itertools.count(1)
         self.chats: dict[int, dict[str, Any]] = {}
         self.user = self.add_user("Alice", username="alice")
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.files: dict[str, StoredFile] = {}
         self.commands: list[dict[str, Any]] = []
-        self.callback_queries: dict[str, bool] = {}  # id -> answered
+        self.callback_queries: dict[str, bool] = {}  # query id -> answered yet (a bot must answer every one)
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._polling = _Polling()
 
@@ -200,7 +201,8 @@ class FakeTelegram(LoopbackServer):
         chat: dict[str, Any] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """Queue a compressed photo; like Telegram, it arrives as a list of sizes (thumbnail first)."""
+        """Queue a compressed photo. Telegram sends a list of sizes, largest last; the fake sends only
+        that largest one, so a bot must read `photo[-1]` exactly as it must against Telegram."""
         return self._user_message(user, chat, {"photo": self._photo_sizes(photo)} | _caption(caption) | extra)
 
     def send_document(
@@ -241,7 +243,7 @@ class FakeTelegram(LoopbackServer):
         rows = current.get("reply_markup", {}).get("inline_keyboard", [])
         if not any(button.get("callback_data") == callback_data for row in rows for button in row):
             raise LookupError(f"message {message['message_id']} has no button with callback_data {callback_data!r}")
-        query_id = str(next(self._file_ids) * 7919)
+        query_id = f"{next(self._query_ids)}{secrets.token_hex(4)}"
         self.callback_queries[query_id] = False
         sender = user or self.user
         query = {
