@@ -47,11 +47,15 @@ def test_only_the_vision_blocks_wan_runs_are_kept(load_fixture):
     ]
 
 
-def test_default_precision_is_fp16_as_the_reference(load_fixture, tmp_path):
+@torch.no_grad()
+def test_default_fp16_tower_stays_within_fp16_rounding(load_fixture, reference, relative_error, tmp_path):
     path = tmp_path / "clip.pth"
     torch.save(load_fixture("clip/reference_state_dict"), path)
     encoder = load_clip(path, config=CLIPConfig.tiny())
     assert {p.dtype for p in encoder.parameters()} == {torch.float16}
+    features = encoder(reference["frame"].transpose(0, 1))
+    assert features.dtype == torch.float16
+    assert relative_error(features, reference["features"]) <= 5e-3
 
 
 def test_any_frame_size_is_squashed_to_the_model_resolution():
