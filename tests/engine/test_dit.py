@@ -95,6 +95,25 @@ def test_full_size_state_dict_is_exactly_the_published_one():
     assert sum(p.numel() for p in model.parameters()) == 18_882_046_784  # spec §3.1
 
 
+def test_full_size_shapes_at_480p_follow_the_spec_table():
+    """Spec §1.4, 448x896, two speakers, on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        model = MultiTalkDiT(DiTConfig()).to(torch.bfloat16)
+        frames, h, w = 21, 56, 112
+        tokens, cond = model.embed(
+            torch.randn(1, 16, frames, h, w), torch.tensor([937.5]), torch.randn(1, 300, 4096),
+            torch.randn(1, 257, 1280), torch.randn(1, 20, frames, h, w), torch.randn(2, 81, 5, 12, 768),
+            torch.ones(3, h, w),
+        )
+        velocity = model.finish(model.blocks[0](tokens, cond), cond)
+    assert tokens.shape == (1, 32928, 5120) and tokens.dtype == torch.bfloat16
+    assert cond.context.shape == (1, 769, 5120)
+    assert cond.audio_tokens.shape == (21, 64, 768)
+    assert cond.token_masks.shape == (3, 1568)
+    assert cond.modulation.shape == (1, 6, 5120) and cond.modulation.dtype == torch.float32
+    assert velocity.shape == (1, 16, 21, 56, 112) and velocity.dtype == torch.float32
+
+
 def test_tiny_model_takes_the_reference_state_dict_strictly(load_fixture):
     reference = load_fixture("dit/reference_weights")
     model = MultiTalkDiT(DiTConfig.tiny())
