@@ -14,8 +14,8 @@ Decisions (each one visible to users in the preview card):
 - A name only counts as a speaker where the script is clearly written that way: labelled lines are
   at least half of the lines (and two or more), or — when pinned labels already give both A and B —
   the name starts two or more lines. So "Note: it works", "at 10:30", "他说：好", URLs and times in
-  ordinary prose stay text. An ASCII colon must be followed by a space (or CJK text), so `http://`,
-  `10:30` and `C:\\` never make a label.
+  ordinary prose stay text. An ASCII colon must be followed by a space or CJK text (after an
+  explicit label such as `A:` also a letter), so `http://`, `10:30` and `C:\\` never make a label.
 - An untagged line in a labelled script continues the current speaker's turn (joined with a space,
   or directly between CJK text). Separately labelled consecutive lines of one speaker stay separate
   turns: the user split them on purpose, and the engine inserts the same short pause as between
