@@ -313,7 +313,7 @@ async def test_rate_limited_channel_message_is_retried_after_the_delay(
 
     limited, delivered = fake_discord.calls(ROUTE_CREATE_MESSAGE)
     assert (limited.status, delivered) == (429, retried)
-    assert delivered.at_s - limited.at_s >= 0.4
+    assert delivered.at_s - limited.at_s >= 0.39  # waited retry_after (less clock granularity)
     assert delivered.file("files[0]").data == RESULT, "files must be re-sent in full on the retry"
 
 
@@ -373,6 +373,23 @@ async def test_globally_synced_command_runs_in_the_guild(fake_discord: FakeDisco
     assert [c["name"] for c in fake_discord.global_commands] == ["talk", "menu", "script", "job", "slow", "status"]
     assert not fake_discord.calls(ROUTE_GUILD_COMMANDS)
     assert "guild_id" not in shown.payload["data"]
+
+
+async def test_direct_message_goes_to_the_users_dm_channel_and_closed_dms_are_403(
+    fake_discord: FakeDiscord, bot: ProofBot
+) -> None:
+    async with running_discord_client(bot, fake_discord):
+        user = await bot.fetch_user(int(fake_discord.user.id))
+        sent = await user.send("Your video is ready")
+        fake_discord.fail_route(ROUTE_CREATE_MESSAGE, 403, 50007, "Cannot send messages to this user")
+        with pytest.raises(discord.Forbidden) as refused:
+            await user.send("again")
+
+    assert refused.value.code == 50007
+    dm = fake_discord.dm_channel(fake_discord.user)
+    assert str(sent.channel.id) == dm.id
+    assert fake_discord.messages[str(sent.id)]["channel_id"] == dm.id
+    assert fake_discord.calls("POST /users/@me/channels")[0].params == {"recipient_id": int(fake_discord.user.id)}
 
 
 async def test_wrong_token_is_refused_at_login(fake_discord: FakeDiscord, bot: ProofBot) -> None:

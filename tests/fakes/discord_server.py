@@ -304,6 +304,7 @@ class FakeDiscord(LoopbackServer):
             web.delete(api + "/channels/{channel_id}/messages/{message_id}", self._delete_message),
             web.post(api + "/channels/{channel_id}/typing", self._typing),
             web.post(api + "/users/@me/channels", self._create_dm),
+            web.get(api + "/users/{user_id}", self._get_user),
             web.route("*", api + "/{tail:.*}", self._unknown_route),
         ]
 
@@ -599,6 +600,10 @@ class FakeDiscord(LoopbackServer):
     async def _typing(self, request: web.Request) -> web.Response:
         channel = self._channel_or_error(request)
         return channel if isinstance(channel, web.Response) else web.Response(status=204)
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        user = next((u for u in self.guild.members if u.id == request.match_info["user_id"]), None)
+        return json_response(user.payload()) if user is not None else discord_error(404, 10013, "Unknown User")
 
     async def _create_dm(self, request: web.Request) -> web.Response:
         recipient = next((u for u in self.guild.members if u.id == str(request[PARAMS]["recipient_id"])), None)
