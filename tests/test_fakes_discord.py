@@ -181,6 +181,8 @@ async def test_slash_command_defers_downloads_the_attachment_and_delivers_files(
 ) -> None:
     async with running_discord_client(bot, fake_discord):
         photo = fake_discord.upload_attachment("alice.png", PHOTO, content_type="image/png", width=64, height=64)
+        with pytest.raises(ValueError, match="line"):
+            await fake_discord.run_slash_command("talk", {"photo": photo})
         interaction = await fake_discord.run_slash_command("talk", {"photo": photo, "line": "A: hello"})
         delivery = await fake_discord.wait_for_call(ROUTE_CREATE_MESSAGE)
 

@@ -164,16 +164,10 @@ class FakeDiscord(LoopbackServer):
                 }
                 value = value.id
             wire_options.append({"name": option_name, "type": kind, "value": value})
-        data: dict[str, Any] = {
-            "id": command["id"],
-            "name": name,
-            "type": command.get("type", 1),
-            "options": wire_options,
-        }
-        if resolved:
-            data["resolved"] = resolved
-        if command.get("guild_id"):
-            data["guild_id"] = command["guild_id"]
+        given = {option["name"] for option in wire_options}
+        if missing := [n for n, option in schema.items() if option.get("required") and n not in given]:
+            raise ValueError(f"/{name} needs {missing}: the Discord client would not send it without them")
+        data = _command_data(command, wire_options) | ({"resolved": resolved} if resolved else {})
         return await self._dispatch_interaction(dp.INTERACTION_APPLICATION_COMMAND, data, user=user, channel=channel)
 
     async def click_button(
@@ -205,9 +199,7 @@ class FakeDiscord(LoopbackServer):
             {"name": key, "type": types[key], "value": value} | ({"focused": True} if key == focused else {})
             for key, value in options.items()
         ]
-        data = {"id": command["id"], "name": name, "type": command.get("type", 1), "options": wire_options}
-        if command.get("guild_id"):
-            data["guild_id"] = command["guild_id"]
+        data = _command_data(command, wire_options)
         return await self._dispatch_interaction(dp.INTERACTION_AUTOCOMPLETE, data, user=user, channel=self.channel)
 
     async def submit_modal(
@@ -622,6 +614,14 @@ class FakeDiscord(LoopbackServer):
 
     def _metadata(self, interaction: FakeInteraction) -> dict[str, Any]:
         return dp.interaction_metadata(interaction_id=interaction.id, kind=interaction.kind, user=interaction.user)
+
+
+def _command_data(command: dict[str, Any], options: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `data` of a command interaction; `guild_id` tells discord.py which registration it is."""
+    data = {"id": command["id"], "name": command["name"], "type": command.get("type", 1), "options": options}
+    if command.get("guild_id"):
+        data["guild_id"] = command["guild_id"]
+    return data
 
 
 def _walk_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
