@@ -39,7 +39,8 @@ class CLIPConfig:
 
     @classmethod
     def tiny(cls) -> CLIPConfig:
-        return cls(image_size=28, patch_size=14, dim=32, mlp_dim=64, num_heads=2, num_layers=2)
+        """Narrow and shallow, but the real 224 px / 14 px grid: 257 tokens, as the DiT's image context expects."""
+        return cls(dim=32, mlp_dim=64, num_heads=2, num_layers=2)
 
     @property
     def num_tokens(self) -> int:

@@ -108,7 +108,7 @@ def test_models_are_built_with_meta_parameters_and_real_buffers():
     with parameters_on_meta():
         encoder = WanCLIPImageEncoder(CLIPConfig.tiny())
     assert {p.device.type for p in encoder.parameters()} == {"meta"}
-    torch.testing.assert_close(encoder.vision.embeddings.position_ids, torch.arange(5).unsqueeze(0))
+    torch.testing.assert_close(encoder.vision.embeddings.position_ids, torch.arange(257).unsqueeze(0))
     torch.testing.assert_close(encoder.pixel_mean.flatten(), torch.tensor(CLIPConfig.mean))
 
 
