@@ -77,7 +77,7 @@ class Wav2VecConfig:
     @classmethod
     def from_hf_config(cls, values: dict[str, Any]) -> Wav2VecConfig:
         """From a checkpoint's config.json; keys it does not set keep wav2vec2-base's values."""
-        known = {field.name: field for field in fields(cls)}
+        known = {field.name for field in fields(cls)}
         picked = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
         return cls(**picked)
 
