@@ -371,7 +371,12 @@ async def test_globally_synced_command_runs_in_the_guild(fake_discord: FakeDisco
     async with running_discord_client(bot, fake_discord):
         shown = await fake_discord.run_slash_command("menu")
         await fake_discord.wait_for_response(shown)
+        in_dm = await fake_discord.run_slash_command("menu", channel=fake_discord.dm_channel(fake_discord.user))
+        await fake_discord.wait_for_response(in_dm)
 
+    assert "member" not in in_dm.payload and in_dm.payload["user"]["id"] == fake_discord.user.id
+    dm_answer = fake_discord.messages[in_dm.original_message_id or ""]
+    assert dm_answer["channel_id"] == fake_discord.dm_channel(fake_discord.user).id
     assert [c["name"] for c in fake_discord.global_commands] == ["talk", "menu", "script", "job", "slow", "status"]
     assert not fake_discord.calls(ROUTE_GUILD_COMMANDS)
     assert "guild_id" not in shown.payload["data"]

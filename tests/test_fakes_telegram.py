@@ -10,7 +10,7 @@ import pytest
 from fakes.fixtures import fake_telegram, running_telegram_app, telegram_app_builder  # noqa: F401
 from fakes.recording import wait_until
 from fakes.telegram_server import FakeTelegram, FileRef
-from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, Update
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 from telegram.ext import (
@@ -181,6 +181,9 @@ async def test_media_by_upload_and_by_file_id_edits_and_deletes(fake_telegram: F
         bot = app.bot
         uploaded = await bot.send_photo(chat_id, PHOTO, caption="A | B")
         again = await bot.send_photo(chat_id, uploaded.photo[-1].file_id)
+        album = await bot.send_media_group(
+            chat_id, [InputMediaPhoto(PHOTO[::-1], caption="A | B"), InputMediaPhoto(uploaded.photo[-1].file_id)]
+        )
         script = await bot.send_document(chat_id, b"A: hi\n", filename="script.txt")
         await bot.edit_message_reply_markup(chat_id, uploaded.message_id, reply_markup=keyboard)
         await bot.delete_message(chat_id, script.message_id)
@@ -191,6 +194,9 @@ async def test_media_by_upload_and_by_file_id_edits_and_deletes(fake_telegram: F
     assert first.file("photo").data == PHOTO and first.params["caption"] == "A | B"
     assert second.files == () and again.photo[-1].file_id == uploaded.photo[-1].file_id
     assert fake_telegram.calls("sendDocument")[0].file("document").filename == "script.txt"
+    assert len(fake_telegram.calls("sendMediaGroup")[0].files) == 1, "the second album item is sent by file_id"
+    assert album[0].media_group_id == album[1].media_group_id is not None
+    assert (album[0].caption, album[1].photo[-1].file_id) == ("A | B", uploaded.photo[-1].file_id)
     kept = {m["message_id"]: m for m in fake_telegram.sent_messages(chat_id)}
     assert script.message_id not in kept
     assert kept[uploaded.message_id]["reply_markup"]["inline_keyboard"][0][0]["text"] == "Re-roll"

@@ -309,12 +309,15 @@ class FakeTelegram(LoopbackServer):
     async def _api_call(self, request: web.Request) -> web.Response:
         method, params = request.match_info["method"], request[PARAMS]
         handler = getattr(self, f"_m_{method}", None)
-        if handler is None and method not in _MEDIA_KINDS:
+        if handler is None and method not in _MEDIA_KINDS and method != "sendMediaGroup":
             return _error(404, "Not Found")
         if "chat_id" in params and params["chat_id"] not in self.chats:
             return _error(400, "Bad Request: chat not found")
-        if handler is None:
-            return self._send_media(params, request[FILES], _MEDIA_KINDS[method])
+        uploads = {f.field: f for f in request[FILES]}
+        if method == "sendMediaGroup":
+            return self._send_media_group(params, uploads)
+        if method in _MEDIA_KINDS:
+            return self._send_media(params, uploads, _MEDIA_KINDS[method])
         return await handler(params)
 
     async def _download(self, request: web.Request) -> web.Response:
@@ -402,30 +405,50 @@ class FakeTelegram(LoopbackServer):
             }
         )
 
-    def _send_media(self, params: dict[str, Any], uploads: tuple[UploadedFile, ...], kind: str) -> web.Response:
+    def _send_media(self, params: dict[str, Any], uploads: dict[str, UploadedFile], kind: str) -> web.Response:
         """sendPhoto/sendVideo/sendDocument/sendAnimation with an upload or an existing file_id."""
-        files = {f.field: f for f in uploads}
-        value = params.get(kind)
-        upload = files.get(kind) or (files.get(value.removeprefix("attach://")) if isinstance(value, str) else None)
+        media = self._media(kind, params.get(kind), uploads, params)
+        if media is None:
+            return _error(400, f"Bad Request: there is no {kind} in the request")
+        return self._bot_message(params, {kind: media} | _caption(params.get("caption")))
+
+    def _send_media_group(self, params: dict[str, Any], uploads: dict[str, UploadedFile]) -> web.Response:
+        """An album: one message per item, sharing a media_group_id; answered with the list."""
+        items = params.get("media") or []
+        if not 2 <= len(items) <= 10:
+            return _error(400, "Bad Request: a media group must have 2 to 10 items")
+        group_id = str(10**17 + next(self._file_ids))
+        bodies = []
+        for item in items:
+            media = self._media(item["type"], item.get("media"), uploads, item)
+            if media is None:
+                return _error(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            bodies.append({item["type"]: media, "media_group_id": group_id} | _caption(item.get("caption")))
+        return self._bot_messages(params, bodies)
+
+    def _media(self, kind: str, value: Any, uploads: dict[str, UploadedFile], params: dict[str, Any]) -> Any:
+        """The message field for one sent file, or None when the request names none we know.
+
+        The file is an upload part named after the parameter (PTB's way for a top-level file), an
+        `attach://<part>` reference, or the file_id of a file Telegram already has.
+        """
+        upload = uploads.get(kind) if value is None else None
+        if isinstance(value, str) and value.startswith("attach://"):
+            upload = uploads.get(value.removeprefix("attach://"))
         if upload is not None:
             ref = FileRef(upload.data, mime_type=upload.content_type, file_name=upload.filename)
             stored = self.store_file(ref, folder=kind + "s")
         elif isinstance(value, str) and value in self.files:
             stored = self.files[value]
         else:
-            return _error(400, f"Bad Request: there is no {kind} in the request")
+            return None
         ref = FileRef(stored.data, mime_type=stored.mime_type, file_name=upload.filename if upload else None)
         if kind == "photo":
-            media: Any = self._photo_sizes(ref, stored)
-        elif kind == "document":
-            media = self._document(stored, ref)
-        else:
-            media = self._document(stored, ref) | {
-                "width": int(params.get("width") or 0),
-                "height": int(params.get("height") or 0),
-                "duration": int(params.get("duration") or 0),
-            }
-        return self._bot_message(params, {kind: media} | _caption(params.get("caption")))
+            return self._photo_sizes(ref, stored)
+        media = self._document(stored, ref)
+        if kind in ("video", "animation"):
+            media |= {key: int(params.get(key) or 0) for key in ("width", "height", "duration")}
+        return media
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -448,23 +471,32 @@ class FakeTelegram(LoopbackServer):
         return message
 
     def _bot_message(self, params: dict[str, Any], body: dict[str, Any]) -> web.Response:
+        return self._bot_messages(params, [body], as_list=False)
+
+    def _bot_messages(
+        self, params: dict[str, Any], bodies: list[dict[str, Any]], *, as_list: bool = True
+    ) -> web.Response:
+        """Store what the bot sent to `params["chat_id"]`, honouring reply_parameters and reply_markup."""
         chat = self.chats[params["chat_id"]]
-        message: dict[str, Any] = {
-            "message_id": self._next_message_id(chat["id"]),
-            "date": int(time.time()),
-            "chat": chat,
-            "from": self.bot_user,
-        } | body
         reply_to = (params.get("reply_parameters") or {}).get("message_id") or params.get("reply_to_message_id")
-        if reply_to is not None:
-            replied = self.messages.get((chat["id"], int(reply_to)))
-            if replied is None:
-                return _error(400, "Bad Request: message to be replied not found")
-            message["reply_to_message"] = replied
-        if params.get("reply_markup"):
-            message["reply_markup"] = params["reply_markup"]
-        self.messages[(chat["id"], message["message_id"])] = message
-        return _ok(message)
+        replied = None if reply_to is None else self.messages.get((chat["id"], int(reply_to)))
+        if reply_to is not None and replied is None:
+            return _error(400, "Bad Request: message to be replied not found")
+        sent = []
+        for body in bodies:
+            message: dict[str, Any] = {
+                "message_id": self._next_message_id(chat["id"]),
+                "date": int(time.time()),
+                "chat": chat,
+                "from": self.bot_user,
+            } | body
+            if replied is not None:
+                message["reply_to_message"] = replied
+            if params.get("reply_markup"):
+                message["reply_markup"] = params["reply_markup"]
+            self.messages[(chat["id"], message["message_id"])] = message
+            sent.append(message)
+        return _ok(sent if as_list else sent[0])
 
     def _edit(self, params: dict[str, Any], changes: dict[str, Any]) -> web.Response:
         message = self.messages.get((params.get("chat_id"), params.get("message_id")))
