@@ -250,12 +250,17 @@ class DiTConditioning:
 
 
 class WanSelfAttention(nn.Module):
-    """Full self-attention over all video tokens with 3D RoPE; also returns the reference attention map."""
+    """Full self-attention over all video tokens with 3D RoPE; also returns the reference attention map.
+
+    Two backends: `attention_backend` runs token-to-token attention, the one call a sequence-parallel backend
+    replaces; `local_attention_backend` runs the reference map, whose keys (frame 0) are already whole on every rank.
+    """
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.attention_backend = config.attention_backend
+        self.local_attention_backend = config.attention_backend
         self.q = nn.Linear(config.dim, config.dim)
         self.k = nn.Linear(config.dim, config.dim)
         self.v = nn.Linear(config.dim, config.dim)
@@ -273,7 +278,7 @@ class WanSelfAttention(nn.Module):
             return out, None  # the map only steers L-RoPE, which a single speaker does not use
         with torch.no_grad():
             ref_keys = cond.shard.gather_tokens(k, dim=2)[:, :, : cond.tokens_per_frame]  # latent frame 0
-            ref_map = reference_attention_map(q, ref_keys, cond.token_masks, backend=self.attention_backend)
+            ref_map = reference_attention_map(q, ref_keys, cond.token_masks, backend=self.local_attention_backend)
         return out, ref_map
 
 
@@ -443,8 +448,9 @@ class MultiTalkDiT(nn.Module):
     [B, L, D] and `cond.rope_cos/rope_sin` [L, d/2] along L (any contiguous split) and set `cond.shard` to a
     `SequenceShard` subclass; run the blocks; gather the tokens before `finish`. Inside a block the self-attention
     `attention` call is where the Ulysses/ring exchange happens (`WanSelfAttention.attention_backend` names a
-    registered backend); everything else that needs the whole sequence asks `cond.shard`. The 769 context tokens
-    and the audio tokens stay whole on every rank.
+    registered backend; every other attention keeps a local one, its keys being whole on every rank); everything
+    else that needs the whole sequence asks `cond.shard`. The 769 context tokens and the audio tokens stay whole on
+    every rank.
     """
 
     def __init__(self, config: DiTConfig) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -237,14 +239,16 @@ def test_every_attention_goes_through_the_seam(reference_model, two_speakers):
         return attention(q, k, v)
 
     register_attention_backend("counting", counting)
-    modules = [m for m in reference_model.modules() if hasattr(m, "attention_backend")]
+    settings = [
+        (module, name) for module in reference_model.modules() for name in vars(module) if name.endswith("_backend")
+    ]
     try:
-        for module in modules:
-            module.attention_backend = "counting"
+        for module, name in settings:
+            setattr(module, name, "counting")
         velocity = _call(reference_model, two_speakers)
     finally:
-        for module in modules:
-            module.attention_backend = "sdpa"
+        for module, name in settings:
+            setattr(module, name, "sdpa")
     # per block: self-attention, reference map, text and image cross-attention, audio cross-attention
     assert len(calls) == 5 * len(reference_model.blocks)
     assert torch.equal(velocity, _call(reference_model, two_speakers))
@@ -341,3 +345,72 @@ def test_float64_is_confined_to_the_timestep_sinusoid(reference_model, two_speak
         _call(reference_model, two_speakers)
     assert recorder.sizes  # the sinusoid itself is float64, like the reference's
     assert max(recorder.sizes) <= reference_model.config.freq_dim  # [B, freq_dim] at most, never per token
+
+
+class ThreadGroup:
+    """A stand-in process group: ranks are threads, all_gather meets at a barrier."""
+
+    def __init__(self, size: int) -> None:
+        self.slots: list[torch.Tensor | None] = [None] * size
+        self.barrier = threading.Barrier(size, timeout=60)
+
+    def all_gather(self, rank: int, x: torch.Tensor) -> list[torch.Tensor]:
+        self.slots[rank] = x
+        self.barrier.wait()
+        gathered = list(self.slots)
+        self.barrier.wait()  # nobody overwrites a slot before every rank has read them all
+        return gathered
+
+
+class ThreadShard(SequenceShard):
+    def __init__(self, group: ThreadGroup, rank: int, offset: int) -> None:
+        self.group, self.rank, self.offset = group, rank, offset
+
+    def gather_tokens(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return torch.cat(self.group.all_gather(self.rank, x), dim=dim)
+
+    def global_min(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.group.all_gather(self.rank, x)).amin(0)
+
+    def global_max(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.group.all_gather(self.rank, x)).amax(0)
+
+
+_current = threading.local()
+
+
+def gathered_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Context parallelism in its simplest form: local queries against every rank's keys and values."""
+    shard = _current.shard
+    return attention(q, shard.gather_tokens(k, dim=2), shard.gather_tokens(v, dim=2))
+
+
+@pytest.mark.parametrize("cuts", [(0, 30, 72), (0, 13, 50, 60, 72)])  # uneven, mid-frame (24 tokens per frame)
+def test_token_shards_run_the_same_blocks_as_one_sequence(reference_model, two_speakers, cuts):
+    """The split points `MultiTalkDiT` exposes are enough: N shards of the token sequence == 1 whole sequence."""
+    register_attention_backend("test-gathered-kv", gathered_kv_attention)
+    inputs = [two_speakers[key] for key in
+              ("latents", "timestep", "text_states", "image_states", "cond_latents", "audio", "region_masks")]
+    group = ThreadGroup(len(cuts) - 1)
+
+    def run_shard(rank: int) -> torch.Tensor:
+        start, stop = cuts[rank], cuts[rank + 1]
+        _current.shard = ThreadShard(group, rank, start)
+        cond_shard = replace(cond, rope_cos=cond.rope_cos[start:stop], rope_sin=cond.rope_sin[start:stop],
+                             shard=_current.shard)
+        with torch.no_grad():
+            return reference_model.run_blocks(tokens[:, start:stop], cond_shard)
+
+    with torch.no_grad():
+        tokens, cond = reference_model.embed(*inputs)
+    for block in reference_model.blocks:
+        block.self_attn.attention_backend = "test-gathered-kv"
+    try:
+        with ThreadPoolExecutor(len(cuts) - 1) as pool:
+            shards = list(pool.map(run_shard, range(len(cuts) - 1)))
+    finally:
+        for block in reference_model.blocks:
+            block.self_attn.attention_backend = "sdpa"
+    with torch.no_grad():
+        velocity = reference_model.finish(torch.cat(shards, dim=1), cond)
+    torch.testing.assert_close(velocity, two_speakers["velocity"], rtol=1e-5, atol=1e-5)
