@@ -8,8 +8,10 @@ Discord or Telegram; each fake names its routes and decides what a fault looks l
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -114,7 +116,8 @@ class CallLog:
                 return found[nth - 1]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                seen = [f"{c.status} {c.route}" for c in self.calls]
+                labels = (f"{c.status} {c.route}" for c in self.calls)
+                seen = [f"{label} x{len(list(run))}" for label, run in itertools.groupby(labels)]
                 raise TimeoutError(f"no call #{nth} matching {match!r} within {timeout}s; seen: {seen}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
@@ -138,7 +141,7 @@ def _as_predicate(match: CallMatcher) -> Callable[[RecordedCall], bool]:
     return lambda call: call.route == match
 
 
-class LoopbackServer:
+class LoopbackServer(abc.ABC):
     """An aiohttp application on 127.0.0.1 at a free port; subclasses add routes in `_routes`.
 
     A middleware records each call once the handler has answered (so the recorded status is the
@@ -191,20 +194,23 @@ class LoopbackServer:
 
     # -- hooks for subclasses -------------------------------------------------------------
 
+    @abc.abstractmethod
     def _routes(self) -> list[web.RouteDef]:
-        raise NotImplementedError
+        """The platform's routes."""
 
+    @abc.abstractmethod
     def _route_name(self, request: web.Request) -> str | None:
         """The recorded route name, or None for traffic that is not an API call (websocket, files)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _parse(self, request: web.Request) -> tuple[Any, tuple[UploadedFile, ...]]:
-        raise NotImplementedError
+        """The request's parameters and uploaded files, decoded the way the platform reads them."""
 
     def _reject(self, request: web.Request, route: str) -> web.Response | None:
         """An error the platform gives before doing anything (bad token, upload too large)."""
         return None
 
+    @abc.abstractmethod
     async def _before_close(self) -> None:
         """Release anything that would keep a handler open (long polls, websockets)."""
 
