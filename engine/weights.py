@@ -95,6 +95,9 @@ class CheckpointTensors(Mapping[str, torch.Tensor]):
             tensor = tensor.chunk(ref.parts, dim=0)[ref.part]
         return tensor.reshape(ref.reshape) if ref.reshape is not None else tensor
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._refs  # Mapping's default would read the tensor to find out
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._refs)
 
@@ -273,11 +276,8 @@ def load_tensors(
     """
     check_tensors(model, tensors, what)
     aliases = _tied_aliases(model.state_dict(keep_vars=True))
-    loaded = {}
-    for name in expected_tensors(model):
-        tensor = tensors[name]
-        target_dtype = dtype if tensor.is_floating_point() else tensor.dtype
-        loaded[name] = tensor.to(device=device, dtype=target_dtype)
+    # One expression per tensor, so that no name keeps the source (e.g. fp32) tensor alive into the next read.
+    loaded = {name: _to_target(tensors[name], device, dtype) for name in expected_tensors(model)}
     for alias, first in aliases.items():
         loaded[alias] = loaded[first]
     model.load_state_dict(loaded, strict=True, assign=True)
@@ -286,6 +286,11 @@ def load_tensors(
         setattr(model.get_submodule(owner), leaf, model.get_parameter(first))
     model.to(device)
     model.eval().requires_grad_(False)
+
+
+def _to_target(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Floating tensors to `dtype`, integer ones (none in these checkpoints so far) kept as they are."""
+    return tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
 
 
 def _tied_aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import pytest
 import torch
@@ -152,6 +153,25 @@ def test_dit_loads_through_the_index_from_all_shards(dit_state, tmp_path):
 def test_dit_is_bf16_by_default(dit_state, tmp_path):
     _write_dit_folder(tmp_path, dit_state)
     model = load_dit(tmp_path, config=DiTConfig.tiny())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_dit_fp32_shards_are_cast_one_tensor_at_a_time(dit_state, tmp_path, monkeypatch):
+    """No fp32 copy of the model builds up in host memory: each tensor is read once, and is gone (cast into the
+    bf16 model) before the next one is read. Checking the index and the shapes reads no tensor at all."""
+    _write_dit_folder(tmp_path, dit_state)
+    read = CheckpointTensors.__getitem__
+    alive: list[weakref.ref] = []
+
+    def read_one(self, key):
+        assert all(ref() is None for ref in alive), f"an fp32 tensor was still alive when {key} was read"
+        tensor = read(self, key)
+        alive.append(weakref.ref(tensor))
+        return tensor
+
+    monkeypatch.setattr(CheckpointTensors, "__getitem__", read_one)
+    model = load_dit(tmp_path, config=DiTConfig.tiny(), dtype=torch.bfloat16)
+    assert len(alive) == len(dit_state)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
