@@ -232,6 +232,8 @@ async def test_button_click_updates_the_message_it_belongs_to(fake_discord: Fake
         assert shown_message["components"][0]["components"][0]["custom_id"] == "proof:press"
         assert [a["filename"] for a in shown_message["attachments"]] == ["card.png"]
         assert fake_discord.calls(ROUTE_CALLBACK)[0].file("files[0]").data == b"card"
+        with pytest.raises(LookupError):
+            await fake_discord.click_button(message_id, "proof:never-shown")
         bob = fake_discord.add_user("bob")
         press = await fake_discord.click_button(message_id, "proof:press", user=bob)
         answer = await fake_discord.wait_for_response(press)

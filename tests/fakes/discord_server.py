@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import discord_interactions as actions
 from . import discord_payloads as dp
 from .discord_gateway import FakeGateway
 from .discord_messages import CDN_PREFIX, MessageStore
@@ -37,9 +38,6 @@ ROUTE_EDIT_MESSAGE = "PATCH /channels/{channel_id}/messages/{message_id}"
 ROUTE_TYPING = "POST /channels/{channel_id}/typing"
 ROUTE_GLOBAL_COMMANDS = "PUT /applications/{application_id}/commands"
 ROUTE_GUILD_COMMANDS = "PUT /applications/{application_id}/guilds/{guild_id}/commands"
-
-OPTION_USER, OPTION_ATTACHMENT = 6, 11
-COMPONENT_ACTION_ROW, COMPONENT_BUTTON, COMPONENT_STRING_SELECT, COMPONENT_TEXT_INPUT, COMPONENT_LABEL = 1, 2, 3, 4, 18
 
 
 def discord_error(status: int, code: int, message: str) -> web.Response:
@@ -145,62 +143,29 @@ class FakeDiscord(LoopbackServer):
         """
         channel = channel or self.channel
         command = self._registered_command(name, guild_scoped=channel.guild_id is not None)
-        schema = {option["name"]: option for option in command.get("options", [])}
-        resolved: dict[str, dict[str, Any]] = {}
-        wire_options = []
-        for option_name, value in (options or {}).items():
-            if value is None:  # Discord leaves unset optional options out
-                continue
-            if option_name not in schema:
-                raise KeyError(f"/{name} has no option {option_name!r}; registered: {sorted(schema)}")
-            kind = schema[option_name]["type"]
-            if kind == OPTION_ATTACHMENT:
-                resolved.setdefault("attachments", {})[value["id"]] = value
-                value = value["id"]
-            elif kind == OPTION_USER:
-                resolved.setdefault("users", {})[value.id] = value.payload()
-                resolved.setdefault("members", {})[value.id] = {
-                    k: v for k, v in value.member_payload(self.guild.joined_at).items() if k != "user"
-                }
-                value = value.id
-            wire_options.append({"name": option_name, "type": kind, "value": value})
-        given = {option["name"] for option in wire_options}
-        if missing := [n for n, option in schema.items() if option.get("required") and n not in given]:
-            raise ValueError(f"/{name} needs {missing}: the Discord client would not send it without them")
-        data = _command_data(command, wire_options) | ({"resolved": resolved} if resolved else {})
+        data = actions.slash_command_data(command, options or {}, joined_at=self.guild.joined_at)
         return await self._dispatch_interaction(dp.INTERACTION_APPLICATION_COMMAND, data, user=user, channel=channel)
+
+    async def autocomplete(
+        self, name: str, options: dict[str, Any], focused: str, *, user: dp.FakeUser | None = None
+    ) -> FakeInteraction:
+        """The user typing into option `focused` of /`name`; the bot should answer with choices."""
+        data = actions.autocomplete_data(self._registered_command(name, guild_scoped=True), options, focused)
+        return await self._dispatch_interaction(dp.INTERACTION_AUTOCOMPLETE, data, user=user, channel=self.channel)
 
     async def click_button(
         self, message_id: str, custom_id: str, *, user: dp.FakeUser | None = None
     ) -> FakeInteraction:
         """Press a button the bot put on `message_id` (it must be there and enabled)."""
-        self._shown_component(message_id, custom_id, COMPONENT_BUTTON)
-        data = {"custom_id": custom_id, "component_type": COMPONENT_BUTTON}
+        data = actions.button_data(self.messages[message_id], custom_id)
         return await self._component_interaction(message_id, data, user)
 
     async def choose_options(
         self, message_id: str, custom_id: str, values: list[str], *, user: dp.FakeUser | None = None
     ) -> FakeInteraction:
         """Pick `values` in a string select menu the bot put on `message_id`."""
-        select = self._shown_component(message_id, custom_id, COMPONENT_STRING_SELECT)
-        offered = {option["value"] for option in select.get("options", [])}
-        if not set(values) <= offered:
-            raise LookupError(f"select {custom_id!r} offers {sorted(offered)}, not {values}")
-        data = {"custom_id": custom_id, "component_type": COMPONENT_STRING_SELECT, "values": values}
+        data = actions.select_data(self.messages[message_id], custom_id, values)
         return await self._component_interaction(message_id, data, user)
-
-    async def autocomplete(
-        self, name: str, options: dict[str, Any], focused: str, *, user: dp.FakeUser | None = None
-    ) -> FakeInteraction:
-        """The user typing into option `focused` of /`name`; the bot should answer with choices."""
-        command = self._registered_command(name, guild_scoped=True)
-        types = {option["name"]: option["type"] for option in command.get("options", [])}
-        wire_options = [
-            {"name": key, "type": types[key], "value": value} | ({"focused": True} if key == focused else {})
-            for key, value in options.items()
-        ]
-        data = _command_data(command, wire_options)
-        return await self._dispatch_interaction(dp.INTERACTION_AUTOCOMPLETE, data, user=user, channel=self.channel)
 
     async def submit_modal(
         self, shown_by: FakeInteraction, values: dict[str, str], *, user: dp.FakeUser | None = None
@@ -211,19 +176,7 @@ class FakeDiscord(LoopbackServer):
         """
         if shown_by.modal is None:
             raise LookupError(f"interaction {shown_by.id} was not answered with a modal")
-        known = {
-            c["custom_id"]
-            for c in _walk_components(shown_by.modal["components"])
-            if c.get("type") == COMPONENT_TEXT_INPUT
-        }
-        if unknown := set(values) - known:
-            raise KeyError(
-                f"modal {shown_by.modal['custom_id']!r} has no inputs {sorted(unknown)}; it has {sorted(known)}"
-            )
-        data = {
-            "custom_id": shown_by.modal["custom_id"],
-            "components": _fill_modal(shown_by.modal["components"], values),
-        }
+        data = actions.modal_submit_data(shown_by.modal, values)
         source = self.messages.get(shown_by.source_message_id or "")
         return await self._dispatch_interaction(
             dp.INTERACTION_MODAL_SUBMIT, data, user=user or shown_by.user, channel=shown_by.channel, message=source
@@ -441,16 +394,6 @@ class FakeDiscord(LoopbackServer):
         await self.gateway.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
-    def _shown_component(self, message_id: str, custom_id: str, kind: int) -> dict[str, Any]:
-        """The enabled component `custom_id` of type `kind` on a stored message, or a clear error."""
-        message = self.messages[message_id]
-        component = next((c for c in _walk_components(message["components"]) if c.get("custom_id") == custom_id), None)
-        if component is None or component.get("type") != kind:
-            raise LookupError(f"message {message_id} shows no component {custom_id!r} of type {kind}")
-        if component.get("disabled"):
-            raise PermissionError(f"component {custom_id!r} is disabled")
-        return component
-
     async def _component_interaction(
         self, message_id: str, data: dict[str, Any], user: dp.FakeUser | None
     ) -> FakeInteraction:
@@ -614,36 +557,3 @@ class FakeDiscord(LoopbackServer):
 
     def _metadata(self, interaction: FakeInteraction) -> dict[str, Any]:
         return dp.interaction_metadata(interaction_id=interaction.id, kind=interaction.kind, user=interaction.user)
-
-
-def _command_data(command: dict[str, Any], options: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `data` of a command interaction; `guild_id` tells discord.py which registration it is."""
-    data = {"id": command["id"], "name": command["name"], "type": command.get("type", 1), "options": options}
-    if command.get("guild_id"):
-        data["guild_id"] = command["guild_id"]
-    return data
-
-
-def _walk_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every component in a layout, depth first (rows, labels, containers, sections)."""
-    found = []
-    for component in components:
-        found.append(component)
-        found += _walk_components(component.get("components", []))
-        if "component" in component:
-            found += _walk_components([component["component"]])
-    return found
-
-
-def _fill_modal(components: list[dict[str, Any]], values: dict[str, str]) -> list[dict[str, Any]]:
-    """The MODAL_SUBMIT `components`: the shown layout reduced to rows/labels with typed values."""
-    filled = []
-    for component in components:
-        if component["type"] == COMPONENT_ACTION_ROW:
-            filled.append({"type": COMPONENT_ACTION_ROW, "components": _fill_modal(component["components"], values)})
-        elif component["type"] == COMPONENT_LABEL:
-            filled.append({"type": COMPONENT_LABEL, "component": _fill_modal([component["component"]], values)[0]})
-        elif component["type"] == COMPONENT_TEXT_INPUT:
-            custom_id = component["custom_id"]
-            filled.append({"type": COMPONENT_TEXT_INPUT, "custom_id": custom_id, "value": values.get(custom_id, "")})
-    return filled
