@@ -81,14 +81,14 @@ async def purge(
     states = tuple(s for s in states if s in _TERMINAL)
     cutoff = queue.clock() - older_than_s
     async with queue.db.read() as conn:
-        job_ids = list((await conn.execute(q.jobs_older_than(cutoff, states))).scalars())
+        job_ids = list((await conn.execute(*q.jobs_older_than(cutoff, states))).scalars())
     for job_id in job_ids:
         await media.remove_job(job_id)
     for start in range(0, len(job_ids), 500):
         batch = job_ids[start : start + 500]
 
         async def unit(conn: AsyncConnection, batch=batch) -> None:
-            await conn.execute(q.delete_jobs(batch))
+            await conn.execute(*q.delete_jobs(batch))
 
         await queue.db.write(unit)
     return job_ids
@@ -160,7 +160,7 @@ async def set_user(
                 )
             ).scalars()
             for job_id in list(cancelled):
-                await conn.execute(q.insert_event(job_id, now, "cancelled", "admin", "user blocked"))
+                await conn.execute(*q.insert_event(job_id, now, "cancelled", "admin", "user blocked"))
 
     await queue.db.write(unit)
 

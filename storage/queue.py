@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import queries as q
-from storage.contract import ACTIVE_STATES, JobResult, JobSpec, JobState, Platform
+from storage.contract import ACTIVE_STATES, JobResult, JobSpec, JobState
 from storage.db import Database
 from storage.errors import InvalidTransition, JobNotFound, LeaseLost, SubmitRefused
 from storage.settings import QueueSettings
@@ -151,7 +151,7 @@ class JobQueue:
                 )
             await conn.execute(insert(Job).values(**self._new_row(spec, job_id, now, priority, fair_round=active)))
             await conn.execute(update(User).where(User.owner_key == owner).values(last_submit_at=now))
-            await conn.execute(q.insert_event(job_id, now, "submitted", owner))
+            await conn.execute(*q.insert_event(job_id, now, "submitted", owner))
             return Submitted(job_id, created=True)
 
         try:
@@ -256,13 +256,13 @@ class JobQueue:
 
         async def unit(conn: AsyncConnection) -> JobRecord | None:
             now = self.clock()
-            stmt = q.claim_next(
+            query = q.claim_next(
                 worker=worker, token=token, now=now, lease_s=self.settings.lease_s, timeout_s=self.settings.job_timeout_s
             )
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(*query)).first()
             if row is None:
                 return None
-            await conn.execute(q.insert_event(row.id, now, "claimed", worker, f"attempt {row.attempts}"))
+            await conn.execute(*q.insert_event(row.id, now, "claimed", worker, f"attempt {row.attempts}"))
             return JobRecord.from_row(row)
 
         return await self.db.write(unit)
@@ -270,36 +270,36 @@ class JobQueue:
     async def heartbeat(self, job_id: str, token: str) -> bool:
         """Extend the lease; returns whether the owner asked to cancel. Raises LeaseLost."""
         now = self.clock()
-        stmt = q.extend_lease(job_id, token, now=now, lease_s=self.settings.lease_s)
-        return await self._fenced(job_id, stmt)
+        query = q.extend_lease(job_id, token, now=now, lease_s=self.settings.lease_s)
+        return await self._fenced(job_id, query)
 
     async def progress(self, job_id: str, token: str, stage: str, progress: float, detail: str | None = None) -> bool:
         """Record stage and progress (also extends the lease); returns whether cancel was requested."""
         now = self.clock()
-        stmt = q.report_progress(
+        query = q.report_progress(
             job_id, token, now=now, lease_s=self.settings.lease_s, stage=stage, progress=progress, detail=detail
         )
-        return await self._fenced(job_id, stmt)
+        return await self._fenced(job_id, query)
 
     async def set_stage(self, job_id: str, token: str, stage: str) -> bool:
         """Enter a new stage: progress with an event in the job's history."""
 
         async def unit(conn: AsyncConnection) -> bool:
             now = self.clock()
-            stmt = q.report_progress(
+            query = q.report_progress(
                 job_id, token, now=now, lease_s=self.settings.lease_s, stage=stage, progress=0.0, detail=None
             )
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(*query)).first()
             if row is None:
                 raise LeaseLost(job_id)
-            await conn.execute(q.insert_event(job_id, now, "stage", None, stage))
+            await conn.execute(*q.insert_event(job_id, now, "stage", None, stage))
             return bool(row[0])
 
         return await self.db.write(unit)
 
-    async def _fenced(self, job_id: str, stmt) -> bool:
+    async def _fenced(self, job_id: str, query: q.Query) -> bool:
         async def unit(conn: AsyncConnection) -> bool:
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(*query)).first()
             if row is None:
                 raise LeaseLost(job_id)
             return bool(row[0])
@@ -311,12 +311,10 @@ class JobQueue:
 
         async def unit(conn: AsyncConnection) -> None:
             now = self.clock()
-            platform = await conn.scalar(select(Job.platform).where(Job.id == job_id))
-            needs_delivery = platform is not None and platform != Platform.CLI
-            stmt = q.complete(job_id, token, now=now, result_json=result.model_dump_json(), needs_delivery=needs_delivery)
-            if (await conn.execute(stmt)).first() is None:
+            query = q.complete(job_id, token, now=now, result_json=result.model_dump_json())
+            if (await conn.execute(*query)).first() is None:
                 raise LeaseLost(job_id)
-            await conn.execute(q.insert_event(job_id, now, "succeeded", None, f"{result.duration_s:.2f} s"))
+            await conn.execute(*q.insert_event(job_id, now, "succeeded", None, f"{result.duration_s:.2f} s"))
 
         await self.db.write(unit)
 
@@ -328,7 +326,7 @@ class JobQueue:
         async def unit(conn: AsyncConnection) -> JobState:
             now = self.clock()
             attempts = await conn.scalar(select(Job.attempts).where(Job.id == job_id)) or 1
-            stmt = q.fail(
+            query = q.fail(
                 job_id,
                 token,
                 now=now,
@@ -337,11 +335,11 @@ class JobQueue:
                 error_user=error_user,
                 error_admin=error_admin,
             )
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(*query)).first()
             if row is None:
                 raise LeaseLost(job_id)
             state = JobState(row.state)
-            await conn.execute(q.insert_event(job_id, now, "failed" if state != JobState.QUEUED else "retry_scheduled", None, error_admin))
+            await conn.execute(*q.insert_event(job_id, now, "failed" if state != JobState.QUEUED else "retry_scheduled", None, error_admin))
             return state
 
         return await self.db.write(unit)
@@ -358,11 +356,11 @@ class JobQueue:
         """The worker saw the cancel request and stopped at a step boundary."""
         await self._fenced_event(job_id, q.finish_cancelled(job_id, token, now=self.clock()), "cancelled", "by worker")
 
-    async def _fenced_event(self, job_id: str, stmt, kind: str, detail: str | None) -> None:
+    async def _fenced_event(self, job_id: str, query: q.Query, kind: str, detail: str | None) -> None:
         async def unit(conn: AsyncConnection) -> None:
-            if (await conn.execute(stmt)).first() is None:
+            if (await conn.execute(*query)).first() is None:
                 raise LeaseLost(job_id)
-            await conn.execute(q.insert_event(job_id, self.clock(), kind, None, detail))
+            await conn.execute(*q.insert_event(job_id, self.clock(), kind, None, detail))
 
         await self.db.write(unit)
 
@@ -374,7 +372,7 @@ class JobQueue:
 
         async def unit(conn: AsyncConnection) -> JobState:
             now = self.clock()
-            row = (await conn.execute(q.cancel(job_id, now=now, owner_key=None if is_admin else actor))).first()
+            row = (await conn.execute(*q.cancel(job_id, now=now, owner_key=None if is_admin else actor))).first()
             if row is None:
                 stmt = select(Job.state).where(Job.id == job_id)
                 if not is_admin:
@@ -384,7 +382,7 @@ class JobQueue:
                     raise JobNotFound(job_id)
                 raise InvalidTransition(f"This job has already ended ({state}).", f"cancel of {state} job")
             kind = "cancelled" if row.state == JobState.CANCELLED else "cancel_requested"
-            await conn.execute(q.insert_event(job_id, now, kind, actor))
+            await conn.execute(*q.insert_event(job_id, now, kind, actor))
             return JobState(row.state)
 
         return await self.db.write(unit)
@@ -395,12 +393,12 @@ class JobQueue:
 
         async def unit(conn: AsyncConnection) -> None:
             now = self.clock()
-            if (await conn.execute(q.retry(job_id, now=now, states=terminal))).first() is None:
+            if (await conn.execute(*q.retry(job_id, now=now, states=terminal))).first() is None:
                 state = await conn.scalar(select(Job.state).where(Job.id == job_id))
                 if state is None:
                     raise JobNotFound(job_id)
                 raise InvalidTransition(f"A {state} job cannot be retried.", f"retry of {state} job")
-            await conn.execute(q.insert_event(job_id, now, "retried", actor))
+            await conn.execute(*q.insert_event(job_id, now, "retried", actor))
 
         await self.db.write(unit)
 
@@ -415,9 +413,9 @@ class JobQueue:
 
         async def unit(conn: AsyncConnection) -> list[tuple[str, JobState]]:
             now = self.clock()
-            rows = (await conn.execute(q.reap_expired(now=now, run_after=now + self.settings.retry_backoff_s))).all()
+            rows = (await conn.execute(*q.reap_expired(now=now, run_after=now + self.settings.retry_backoff_s))).all()
             for row in rows:
-                await conn.execute(q.insert_event(row.id, now, "reaped", None, f"{row.error_admin} -> {row.state}"))
+                await conn.execute(*q.insert_event(row.id, now, "reaped", None, f"{row.error_admin} -> {row.state}"))
             return [(row.id, JobState(row.state)) for row in rows]
 
         return await self.db.write(unit)
@@ -431,27 +429,27 @@ class JobQueue:
 
         async def unit(conn: AsyncConnection) -> tuple[JobRecord, str] | None:
             now = self.clock()
-            row = (await conn.execute(q.claim_delivery(platform=platform, token=token, now=now, lease_s=lease_s))).first()
+            row = (await conn.execute(*q.claim_delivery(platform=platform, token=token, now=now, lease_s=lease_s))).first()
             if row is None:
                 return None
-            await conn.execute(q.insert_event(row.id, now, "delivering", None, f"attempt {row.delivery_attempts}"))
+            await conn.execute(*q.insert_event(row.id, now, "delivering", None, f"attempt {row.delivery_attempts}"))
             return JobRecord.from_row(row), token
 
         return await self.db.write(unit)
 
     async def mark_delivered(self, job_id: str, token: str, message_id: str) -> None:
-        stmt = q.mark_delivered(job_id, token, now=self.clock(), message_id=message_id)
-        await self._delivery_write(job_id, stmt, "delivered", message_id)
+        query = q.mark_delivered(job_id, token, now=self.clock(), message_id=message_id)
+        await self._delivery_write(job_id, query, "delivered", message_id)
 
     async def mark_delivery_failed(self, job_id: str, token: str, *, error_admin: str, retry: bool) -> None:
-        stmt = q.mark_delivery_failed(job_id, token, now=self.clock(), retry=retry, error_admin=error_admin)
-        await self._delivery_write(job_id, stmt, "delivery_failed", error_admin)
+        query = q.mark_delivery_failed(job_id, token, now=self.clock(), retry=retry, error_admin=error_admin)
+        await self._delivery_write(job_id, query, "delivery_failed", error_admin)
 
-    async def _delivery_write(self, job_id: str, stmt, kind: str, detail: str) -> None:
+    async def _delivery_write(self, job_id: str, query: q.Query, kind: str, detail: str) -> None:
         async def unit(conn: AsyncConnection) -> None:
-            if (await conn.execute(stmt)).first() is None:
+            if (await conn.execute(*query)).first() is None:
                 raise LeaseLost(job_id)
-            await conn.execute(q.insert_event(job_id, self.clock(), kind, None, detail))
+            await conn.execute(*q.insert_event(job_id, self.clock(), kind, None, detail))
 
         await self.db.write(unit)
 

@@ -82,11 +82,14 @@ class Job(Base):
     delivered_at: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
-        Index("ix_jobs_claim_order", "state", "priority", "fair_round", "created_at"),
         Index("ix_jobs_owner_state", "owner_key", "state"),
         Index("ix_jobs_delivery", "platform", "delivery_state"),
         Index("ix_jobs_state_lease", "state", "lease_expires_at"),
     )
+
+
+# The claim's ORDER BY, column for column (priority descending), so a deep queue is never sorted.
+Index("ix_jobs_claim_order", Job.state, Job.priority.desc(), Job.fair_round, Job.created_at, Job.id)
 
 
 class JobEvent(Base):

@@ -329,12 +329,17 @@ async def test_cli_jobs_need_no_delivery(queue):
     assert (await queue.get(job_id)).delivery_state == "none"
 
 
-async def test_queue_position_follows_claim_order(queue):
-    ids = [(await queue.submit(make_spec("a", seed=i))).job_id for i in range(3)]
+async def test_queue_position_follows_claim_order(queue, clock):
+    ids = []
+    for i in range(3):
+        ids.append((await queue.submit(make_spec("a", seed=i))).job_id)
+        clock.advance(1)
     b = (await queue.submit(make_spec("b"))).job_id
     assert [await queue.queue_position(i) for i in ids] == [1, 3, 4]
     assert await queue.queue_position(b) == 2
-    job = await queue.claim("w1")
+    claimed = [(await queue.claim("w1")).id for _ in range(4)]
+    assert claimed == [ids[0], b, ids[1], ids[2]]
+    job = await queue.get(ids[0])
     assert await queue.queue_position(job.id) is None
 
 

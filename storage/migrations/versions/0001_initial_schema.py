@@ -73,7 +73,9 @@ def upgrade() -> None:
     sa.UniqueConstraint('idempotency_key', name=op.f('uq_jobs_idempotency_key'))
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.create_index('ix_jobs_claim_order', ['state', 'priority', 'fair_round', 'created_at'], unique=False)
+        batch_op.create_index(
+            'ix_jobs_claim_order', ['state', sa.text('priority DESC'), 'fair_round', 'created_at', 'id'], unique=False
+        )
         batch_op.create_index('ix_jobs_delivery', ['platform', 'delivery_state'], unique=False)
         batch_op.create_index('ix_jobs_owner_state', ['owner_key', 'state'], unique=False)
         batch_op.create_index('ix_jobs_state_lease', ['state', 'lease_expires_at'], unique=False)
