@@ -16,7 +16,7 @@ import click
 
 from bot.core.errors import InputError
 from bot.core.script import decode_script_bytes, parse_script
-from bot.core.submit import Draft, enqueue, prepare, script_limits
+from bot.core.limits import script_limits
 from storage.cli import emit_json, queue_group, run_with_services, settings_from
 from storage.contract import Requester
 
@@ -88,6 +88,8 @@ def _local_user() -> str:
 @click.pass_context
 def submit_command(ctx, photo_a, photo_b, script_file, scene, voice_a, voice_b, language, quality, seed, priority, as_json):
     """Queue a job from files, through the same checks as the chat bots. Prints the job id."""
+    from bot.core.submit import Draft, enqueue, prepare  # photo composition needs the `bots` extra
+
     settings = ctx.obj["settings"]
     draft = Draft(
         requester=Requester(platform="cli", user_id=_local_user(), chat_id="local"),

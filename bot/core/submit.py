@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from bot.core.compose import Composition, Portrait, choose_bucket, compose_portraits, draw_preview, prepare_portrait
 from bot.core.photos import PhotoLimits, png_bytes
-from bot.core.script import Dialogue, ScriptLimits, parse_script
+from bot.core.limits import script_limits
+from bot.core.script import Dialogue, parse_script
 from bot.core.voices import VoicePlan, plan_voices
 from storage.contract import Box, Inputs, JobSpec, Line, RenderSettings, Requester, Voices
 from storage.media import MediaStore
@@ -56,13 +57,6 @@ class Prepared:
 
     def preview_png(self) -> bytes:
         return png_bytes(draw_preview(self.composition))
-
-
-def script_limits(settings: Settings) -> ScriptLimits:
-    limits = settings.limits
-    return ScriptLimits(
-        max_script_chars=limits.max_script_chars, max_line_chars=limits.max_line_chars, max_speech_s=limits.max_speech_s
-    )
 
 
 def photo_limits(settings: Settings) -> PhotoLimits:
