@@ -267,6 +267,29 @@ def purge_command(ctx, older_than, states, yes, as_json) -> None:
         click.echo(f"purged {len(removed)} job(s)")
 
 
+@queue_group.command("janitor")
+@click.option("--reap/--no-reap", default=True, show_default=True, help="Also requeue expired leases.")
+@json_option
+@click.pass_context
+def janitor_command(ctx, reap, as_json) -> None:
+    """Apply retention (inputs, results, old jobs, orphan files) and reap expired leases — for cron."""
+
+    async def action(services: Services):
+        reaped = await services.queue.reap() if reap else []
+        removed = await admin.enforce_retention(services.queue, services.media)
+        return {"reaped": [job_id for job_id, _ in reaped], "removed": removed}
+
+    result = run_with_services(ctx, action)
+    if as_json:
+        emit_json(result)
+    else:
+        removed = result["removed"]
+        click.echo(
+            f"reaped {len(result['reaped'])} lease(s); removed inputs of {removed['inputs']} job(s), "
+            f"results of {removed['results']}, {removed['jobs']} old job(s), {removed['orphans']} orphan dir(s)"
+        )
+
+
 def _pause_switches(intake: bool, claims: bool) -> tuple[bool, bool]:
     return (True, True) if not (intake or claims) else (intake, claims)
 

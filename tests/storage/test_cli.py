@@ -129,6 +129,10 @@ def test_pause_resume_stats_watch_workers_users_purge(cli):
     users = as_json(cli("queue", "users", "--block", "cli:someone", "--json"))
     assert next(u for u in users if u["owner_key"] == "cli:someone")["blocked"] is True
 
+    janitor = as_json(cli("queue", "janitor", "--json"))
+    assert janitor == {"reaped": [], "removed": {"inputs": 0, "results": 0, "jobs": 0, "orphans": 0}}
+    assert "reaped 0 lease(s)" in cli("queue", "janitor").output
+
     cli("queue", "cancel", job_id)
     assert as_json(cli("queue", "purge", "--older-than", "0s", "--yes", "--json")) == {"purged": [job_id]}
     assert not (cli.media / job_id).exists()
