@@ -20,28 +20,26 @@ from storage.queue import JobQueue
 from storage.settings import QueueSettings
 
 
-async def _create_pg_database(base: str) -> tuple[str, str]:
+async def _admin_execute(base: str, sql: str) -> None:
     url = make_url(base)
-    name = unique_name("duet_t")
     admin = await asyncpg.connect(
         host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
     )
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(sql)
     finally:
         await admin.close()
-    return url.set(database=name).render_as_string(hide_password=False), name
+
+
+async def _create_pg_database(base: str) -> tuple[str, str]:
+    """A fresh database per test (the suite's tests and processes never share state)."""
+    name = unique_name("duet_t")
+    await _admin_execute(base, f'CREATE DATABASE "{name}"')
+    return make_url(base).set(database=name).render_as_string(hide_password=False), name
 
 
 async def _drop_pg_database(base: str, name: str) -> None:
-    url = make_url(base)
-    admin = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password, database=url.database
-    )
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
