@@ -23,13 +23,22 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v)
 
 
-def _sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The unfused kernel: slow, but the same arithmetic on every device (for debugging numerics)."""
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(q, k, v)
+def _sdpa_only(kernel: SDPBackend) -> AttentionFn:
+    """SDPA restricted to one kernel: on Hopper cuDNN's is the fastest exact one, but SDPA prefers flash."""
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel(kernel):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return run
 
 
-_BACKENDS: dict[str, AttentionFn] = {"sdpa": _sdpa, "math": _sdpa_math}
+_BACKENDS: dict[str, AttentionFn] = {
+    "sdpa": _sdpa,
+    "math": _sdpa_only(SDPBackend.MATH),  # unfused: slow, the same arithmetic everywhere (debugging numerics)
+    "cudnn": _sdpa_only(SDPBackend.CUDNN_ATTENTION),
+    "flash": _sdpa_only(SDPBackend.FLASH_ATTENTION),
+}
 
 
 def register_attention_backend(name: str, fn: AttentionFn) -> None:

@@ -1,0 +1,226 @@
+"""The engine benchmark: seconds per denoising step of the full-size MultiTalk DiT, peak memory and MFU.
+
+    python -m engine.bench --sizes 640 960 --frames 81 --steps 3 --out docs/bench.json --markdown docs/benchmarks.md
+
+Random weights (the speed is the same as with the checkpoint); two speakers; the reference's 3 guidance passes
+per step (or 2, or 1 with `--passes`). The FLOP model is performance.md §2.2; MFU is against the GPU's dense
+bf16 peak. Results go to JSON and, with `--markdown`, as one row per size appended to docs/benchmarks.md with the
+GPU model, GPU count, date and commit (`DUET_COMMIT` or `git rev-parse`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from engine.guidance import GuidanceConfig, branch_conditions
+from engine.models.attention import attention_backends
+from engine.models.dit import DiTConfig, MultiTalkDiT
+
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def dit_flops_per_forward(config: DiTConfig, tokens: int, first_frame_tokens: int, speakers: int = 2) -> float:
+    """Multiply-adds × 2 of one forward (performance.md §2.2), projections, attention and FFN of every block."""
+    d, f = config.dim, config.ffn_dim
+    audio_tokens = config.audio.context_tokens * speakers
+    context_tokens = config.text_len + config.image_tokens
+    per_block = (
+        16 * tokens * d * d  # self-attn QKVO, cross-attn Q/O, audio q/proj
+        + 4 * tokens * d * f  # FFN
+        + 4 * tokens * tokens * d  # self-attention QK^T and PV
+        + 4 * tokens * context_tokens * d  # text + image cross-attention
+        + 4 * tokens * audio_tokens * d  # audio cross-attention
+        + 2 * tokens * first_frame_tokens * d  # speaker reference map
+    )
+    return per_block * config.num_layers
+
+
+@dataclass(frozen=True)
+class StepResult:
+    size: int
+    frames: int
+    tokens: int
+    passes: int
+    attention: str
+    step_s_median: float
+    step_s_all: tuple[float, ...]
+    forward_pflop: float
+    achieved_tflops: float
+    mfu: float | None
+    peak_memory_gib: float
+
+
+def _random_weights(model: torch.nn.Module, generator: torch.Generator) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.ndim == 1:  # norm scales
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+
+
+def build_model(config: DiTConfig, device: torch.device, dtype: torch.dtype) -> MultiTalkDiT:
+    """The full-size DiT straight on the GPU in `dtype` (never a full fp32 copy), random weights."""
+    with torch.device("meta"):
+        model = MultiTalkDiT(config).to(dtype)
+    model = model.to_empty(device=device)
+    _random_weights(model, torch.Generator(device=device).manual_seed(0))
+    return model.eval().requires_grad_(False)
+
+
+def _inputs(config: DiTConfig, size: int, frames: int, device: torch.device, dtype: torch.dtype) -> dict:
+    latent_t, latent_hw = (frames - 1) // 4 + 1, size // 8
+    g = torch.Generator(device=device).manual_seed(1)
+    # [3, h, w]: speaker 1 left, speaker 2 right, background a thin strip
+    masks = torch.zeros(3, latent_hw, latent_hw, device=device)
+    masks[0, :, : latent_hw // 2] = 1
+    masks[1, :, latent_hw // 2 :] = 1
+    masks[2] = 1 - masks[0] - masks[1]
+    masks[0, :, :2] = 0  # leave a little background, as composed frames do
+    masks[2, :, :2] = 1
+    audio_cfg = config.audio
+    return {
+        "latents": torch.randn(1, 16, latent_t, latent_hw, latent_hw, device=device, generator=g),
+        "text_states": torch.randn(1, config.text_len, config.text_dim, device=device, generator=g).to(dtype),
+        "image_states": torch.randn(1, config.image_tokens, config.image_dim, device=device, generator=g).to(dtype),
+        "cond_latents": torch.randn(1, 20, latent_t, latent_hw, latent_hw, device=device, generator=g),
+        "audio": torch.randn(
+            2, frames, audio_cfg.window, audio_cfg.feature_layers, audio_cfg.feature_dim, device=device, generator=g
+        ).to(dtype),
+        "region_masks": masks,
+    }
+
+
+def bench_steps(
+    model: MultiTalkDiT, *, size: int, frames: int, passes: int, steps: int, warmup: int, peak_tflops: float | None
+) -> StepResult:
+    config, device, dtype = model.config, model.patch_embedding.weight.device, model.dtype
+    inputs = _inputs(config, size, frames, device, dtype)
+    negative = torch.zeros_like(inputs["text_states"])
+    guidance = GuidanceConfig(text_scale=5.0 if passes == 3 else 1.0, audio_scale=4.0)
+    branches = branch_conditions(guidance, {k: v for k, v in inputs.items() if k != "latents"}, negative_text=negative)
+    names = list(branches)[:passes]  # evaluation order: cond first
+    latents = inputs["latents"]
+    timestep = torch.tensor([999.0], device=device)
+    on_gpu = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
+    timings = []
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        for index in range(warmup + steps):
+            sync()
+            started = time.perf_counter()
+            for name in names:
+                model(latents, timestep, **branches[name])
+            sync()
+            if index >= warmup:
+                timings.append(time.perf_counter() - started)
+    grid = (latents.shape[2], latents.shape[3] // 2, latents.shape[4] // 2)
+    tokens = grid[0] * grid[1] * grid[2]
+    flops = dit_flops_per_forward(config, tokens, grid[1] * grid[2])
+    median = statistics.median(timings)
+    achieved = flops * passes / median / 1e12
+    return StepResult(
+        size=size,
+        frames=frames,
+        tokens=tokens,
+        passes=passes,
+        attention=config.attention_backend,
+        step_s_median=round(median, 3),
+        step_s_all=tuple(round(t, 3) for t in timings),
+        forward_pflop=round(flops / 1e15, 3),
+        achieved_tflops=round(achieved, 1),
+        mfu=round(achieved / peak_tflops, 3) if peak_tflops else None,
+        peak_memory_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if on_gpu else 0.0,
+    )
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def _peak(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def _commit() -> str:
+    if os.environ.get("DUET_COMMIT"):
+        return os.environ["DUET_COMMIT"][:12]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def append_markdown(path: Path, results: list[StepResult], *, gpus: int, note: str) -> None:
+    header = (
+        "| date | commit | GPU | GPUs | size | frames | passes | attention | s/step | TFLOP/s | MFU | peak GiB | note |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Engine benchmarks\n\nRows appended by `python -m engine.bench`.\n\n" + header)
+    today, commit, gpu = dt.date.today().isoformat(), _commit(), gpu_name()
+    with path.open("a") as handle:
+        for r in results:
+            mfu = f"{r.mfu:.0%}" if r.mfu is not None else "-"
+            handle.write(
+                f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention} "
+                f"| {r.step_s_median:.2f} | {r.achieved_tflops:.0f} | {mfu} | {r.peak_memory_gib:.1f} | {note} |\n"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Seconds per denoising step of the full-size MultiTalk DiT.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[640, 960])
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--passes", type=int, choices=(1, 2, 3), default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--attention", default="sdpa", help=f"one of the registered backends: {attention_backends()}")
+    parser.add_argument("--layers", type=int, default=None, help="fewer blocks (quick checks; MFU stays comparable)")
+    parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None, help="append rows to this Markdown table")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
+    device = torch.device("cuda", 0)
+    config = replace(DiTConfig(), attention_backend=args.attention)
+    if args.layers:
+        config = replace(config, num_layers=args.layers)
+    started = time.perf_counter()
+    model = build_model(config, device, torch.bfloat16)
+    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
+    peak = _peak(gpu_name())
+    results = []
+    for size in args.sizes:
+        result = bench_steps(
+            model, size=size, frames=args.frames, passes=args.passes, steps=args.steps, warmup=args.warmup,
+            peak_tflops=peak,
+        )
+        print(json.dumps(asdict(result)))
+        results.append(result)
+    report = {"gpu": gpu_name(), "gpus": 1, "torch": torch.__version__, "results": [asdict(r) for r in results]}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        append_markdown(args.markdown, results, gpus=1, note=args.note)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The benchmark's plumbing and FLOP model (speed itself is measured on GPUs, never asserted here)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.bench import append_markdown, bench_steps, build_model, dit_flops_per_forward
+from engine.models.dit import DiTConfig
+
+
+def test_flop_model_matches_the_performance_reference():
+    config = DiTConfig()
+    assert dit_flops_per_forward(config, 75_600, 3_600) / 1e15 == pytest.approx(6.97, abs=0.01)
+    assert dit_flops_per_forward(config, 33_600, 1_600) / 1e15 == pytest.approx(1.92, abs=0.01)
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_bench_steps_runs_every_guidance_pass(passes, tmp_path):
+    config = replace(DiTConfig.tiny(), image_tokens=257)
+    model = build_model(config, torch.device("cpu"), torch.float32)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    result = bench_steps(model, size=64, frames=5, passes=passes, steps=2, warmup=1, peak_tflops=None)
+    assert len(calls) == passes * 3 and len(result.step_s_all) == 2
+    assert result.tokens == 2 * 4 * 4 and result.mfu is None
+    table = tmp_path / "benchmarks.md"
+    append_markdown(table, [result], gpus=1, note="cpu smoke")
+    append_markdown(table, [result], gpus=1, note="again")
+    lines = table.read_text().splitlines()
+    assert lines.count("|---|---|---|---|---|---|---|---|---|---|---|---|---|") == 1
+    assert sum("64×64" in line for line in lines) == 2
