@@ -148,6 +148,51 @@ def bench_steps(
     )
 
 
+KERNEL_CLASSES = (
+    ("attention", ("fmha", "flash", "attn", "cudnn", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "sm90")),
+    ("conv", ("conv",)),
+    ("norm/elementwise", ("elementwise", "vectorized", "reduce", "norm", "unrolled", "softmax", "cat", "copy")),
+)
+
+
+def kernel_class(name: str) -> str:
+    lowered = name.lower()
+    return next((label for label, keys in KERNEL_CLASSES if any(key in lowered for key in keys)), "other")
+
+
+def profile_forward(model: MultiTalkDiT, *, size: int, frames: int, top: int = 25) -> dict:
+    """One forward under the profiler: GPU time per kernel class and the most expensive kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device, dtype = model.patch_embedding.weight.device, model.dtype
+    inputs = _inputs(model.config, size, frames, device, dtype)
+    timestep = torch.tensor([999.0], device=device)
+    with torch.inference_mode():
+        latents = inputs.pop("latents")
+        model(latents, timestep, **inputs)  # warm-up
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(latents, timestep, **inputs)
+            torch.cuda.synchronize(device)
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    by_class: dict[str, float] = {}
+    for event in kernels:
+        by_class[kernel_class(event.key)] = by_class.get(kernel_class(event.key), 0.0) + event.self_device_time_total
+    total = sum(by_class.values()) or 1.0
+    ranked = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return {
+        "size": size,
+        "layers": model.config.num_layers,
+        "gpu_ms_total": round(total / 1000, 1),
+        "share_by_class": {k: round(v / total, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [
+            {"kernel": e.key[:120], "class": kernel_class(e.key), "ms": round(e.self_device_time_total / 1000, 2), "calls": e.count}
+            for e in ranked
+        ],
+    }
+
+
 def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
@@ -195,6 +240,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="append rows to this Markdown table")
     parser.add_argument("--note", default="")
+    parser.add_argument("--profile", action="store_true", help="profile one forward per size instead of timing steps")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
@@ -206,6 +252,12 @@ def main() -> None:
     model = build_model(config, device, torch.bfloat16)
     print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
     peak = _peak(gpu_name())
+    if args.profile:
+        report = [profile_forward(model, size=size, frames=args.frames) for size in args.sizes]
+        print(json.dumps(report, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2))
+        return
     results = []
     for size in args.sizes:
         result = bench_steps(
