@@ -123,6 +123,18 @@ def submit_command(ctx, photo_a, photo_b, script_file, scene, voice_a, voice_b, 
         click.echo(submitted.job_id)
 
 
+@main.command("bots")
+@click.pass_context
+def bots_command(ctx: click.Context) -> None:
+    """Run the chat front ends whose tokens are set (TELEGRAM_TOKEN, DISCORD_TOKEN), delivery and the web server."""
+    import asyncio
+
+    from bot.app import run_bots  # discord.py / python-telegram-bot / aiohttp: the `bots` extra
+    from storage.settings import Secrets
+
+    sys.exit(asyncio.run(run_bots(ctx.obj["settings"], Secrets.from_env())))
+
+
 def _read_script(file, settings) -> str:
     try:
         return decode_script_bytes(file.read(), script_limits(settings))

@@ -213,8 +213,9 @@ class DeliveryWatcher:
             if is_final:
                 self._finished.add(job.id)
             return
-        if shown is not None and now - shown.at < self.port.policy.min_interval_s(self.port.is_group_chat(job)):
-            return  # throttled: the next tick shows the newest text
+        interval = self.port.policy.min_interval_s(self.port.is_group_chat(job))
+        if shown is not None and not is_final and now - shown.at < interval:
+            return  # throttled: a later tick shows the newest text (a job's last edit is never held back)
         message_id = job.status_message_id
         age = self.port.message_age_s(message_id) if message_id else None
         fresh_after = self.port.policy.fresh_message_after_s
