@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from engine.acceleration import compile_blocks
 from engine.guidance import GuidanceConfig, branch_conditions
 from engine.models.attention import attention_backends
 from engine.models.dit import DiTConfig, MultiTalkDiT
@@ -52,6 +53,7 @@ class StepResult:
     tokens: int
     passes: int
     attention: str
+    compiled: bool
     step_s_median: float
     step_s_all: tuple[float, ...]
     forward_pflop: float
@@ -139,6 +141,7 @@ def bench_steps(
         tokens=tokens,
         passes=passes,
         attention=config.attention_backend,
+        compiled=hasattr(model.blocks[0], "_compiled_call_impl") and model.blocks[0]._compiled_call_impl is not None,
         step_s_median=round(median, 3),
         step_s_all=tuple(round(t, 3) for t in timings),
         forward_pflop=round(flops / 1e15, 3),
@@ -223,7 +226,7 @@ def append_markdown(path: Path, results: list[StepResult], *, gpus: int, note: s
         for r in results:
             mfu = f"{r.mfu:.0%}" if r.mfu is not None else "-"
             handle.write(
-                f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention} "
+                f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention}{' +compile' if r.compiled else ''} "
                 f"| {r.step_s_median:.2f} | {r.achieved_tflops:.0f} | {mfu} | {r.peak_memory_gib:.1f} | {note} |\n"
             )
 
@@ -241,6 +244,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="append rows to this Markdown table")
     parser.add_argument("--note", default="")
     parser.add_argument("--profile", action="store_true", help="profile one forward per size instead of timing steps")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (engine.acceleration)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
@@ -251,6 +255,8 @@ def main() -> None:
     started = time.perf_counter()
     model = build_model(config, device, torch.bfloat16)
     print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
+    if args.compile:
+        compile_blocks(model)
     peak = _peak(gpu_name())
     if args.profile:
         report = [profile_forward(model, size=size, frames=args.frames) for size in args.sizes]
