@@ -21,6 +21,7 @@ AUDIO_BITRATE = 64_000
 CONTAINER_MARGIN = 0.92  # MP4 boxes, and x264's rate control overshoots by a few percent
 BITS_PER_PIXEL_FLOOR = 0.04  # below this per pixel per frame, a smaller frame looks better
 MIN_SIDE = 128
+MIN_VIDEO_BITRATE = 20_000  # below this x264 refuses to open; nothing watchable is left anyway
 
 
 def _plan(width: int, height: int, fps: float, video_bitrate: float) -> tuple[int, int]:
@@ -67,7 +68,7 @@ def _encode(source: Path, target: Path, video_bitrate: int) -> None:
 def fit_to_bytes(source: Path, max_bytes: int, duration_s: float, *, attempts: int = 3) -> bytes | None:
     """An MP4 of `source` no larger than `max_bytes`, or None when even the smallest try is too big."""
     duration_s = max(duration_s, 0.5)
-    bitrate = max(20_000.0, max_bytes * 8 * CONTAINER_MARGIN / duration_s - AUDIO_BITRATE)
+    bitrate = max(MIN_VIDEO_BITRATE, max_bytes * 8 * CONTAINER_MARGIN / duration_s - AUDIO_BITRATE)
     with tempfile.TemporaryDirectory(prefix="duet-fit-") as scratch:
         target = Path(scratch) / "fitted.mp4"
         for _ in range(attempts):
@@ -75,7 +76,9 @@ def fit_to_bytes(source: Path, max_bytes: int, duration_s: float, *, attempts: i
             data = target.read_bytes()
             if len(data) <= max_bytes:
                 return data
-            bitrate *= 0.7 * max_bytes / len(data)
+            if bitrate <= MIN_VIDEO_BITRATE:
+                break
+            bitrate = max(MIN_VIDEO_BITRATE, bitrate * 0.7 * max_bytes / len(data))
     return None
 
 
