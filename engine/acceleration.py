@@ -22,3 +22,9 @@ def compile_blocks(model: MultiTalkDiT, *, mode: str | None = None) -> MultiTalk
     for block in model.blocks:
         block.compile(mode=mode, dynamic=False)
     return model
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether `compile_blocks` was applied (to this DiT, or to the one a parallel wrapper holds)."""
+    dit = getattr(model, "dit", model)
+    return getattr(dit.blocks[0], "_compiled_call_impl", None) is not None

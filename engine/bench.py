@@ -1,6 +1,7 @@
 """The engine benchmark: seconds per denoising step of the full-size MultiTalk DiT, peak memory and MFU.
 
-    python -m engine.bench --sizes 640 960 --frames 81 --steps 3 --out docs/bench.json --markdown docs/benchmarks.md
+    python -m engine.bench --sizes 640 960 --frames 81 --steps 3 --compile --attention cudnn --markdown docs/benchmarks.md
+    torchrun --nproc_per_node=4 -m engine.bench …      # Ulysses sequence parallelism over 4 GPUs
 
 Random weights (the speed is the same as with the checkpoint); two speakers; the reference's 3 guidance passes
 per step (or 2, or 1 with `--passes`). The FLOP model is performance.md §2.2; MFU is against the GPU's dense
@@ -21,11 +22,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
-from engine.acceleration import compile_blocks
+from engine.acceleration import compile_blocks, is_compiled
 from engine.guidance import GuidanceConfig, branch_conditions
 from engine.models.attention import attention_backends
 from engine.models.dit import DiTConfig, MultiTalkDiT
+from engine.parallel.groups import init_groups
+from engine.parallel.sequence import SequenceParallelDiT
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
@@ -106,9 +110,18 @@ def _inputs(config: DiTConfig, size: int, frames: int, device: torch.device, dty
 
 
 def bench_steps(
-    model: MultiTalkDiT, *, size: int, frames: int, passes: int, steps: int, warmup: int, peak_tflops: float | None
+    model: MultiTalkDiT | SequenceParallelDiT,
+    *,
+    size: int,
+    frames: int,
+    passes: int,
+    steps: int,
+    warmup: int,
+    peak_tflops: float | None,
+    gpus: int = 1,
 ) -> StepResult:
-    config, device, dtype = model.config, model.patch_embedding.weight.device, model.dtype
+    """Time `steps` denoising steps (after `warmup`); with a sequence-parallel model every rank runs this."""
+    config, device, dtype = model.config, next(model.parameters()).device, model.dtype
     inputs = _inputs(config, size, frames, device, dtype)
     negative = torch.zeros_like(inputs["text_states"])
     guidance = GuidanceConfig(text_scale=5.0 if passes == 3 else 1.0, audio_scale=4.0)
@@ -134,20 +147,20 @@ def bench_steps(
     tokens = grid[0] * grid[1] * grid[2]
     flops = dit_flops_per_forward(config, tokens, grid[1] * grid[2])
     median = statistics.median(timings)
-    achieved = flops * passes / median / 1e12
+    achieved = flops * passes / median / 1e12 / gpus  # per GPU, so MFU compares across GPU counts
     return StepResult(
         size=size,
         frames=frames,
         tokens=tokens,
         passes=passes,
         attention=config.attention_backend,
-        compiled=hasattr(model.blocks[0], "_compiled_call_impl") and model.blocks[0]._compiled_call_impl is not None,
+        compiled=is_compiled(model),
         step_s_median=round(median, 3),
         step_s_all=tuple(round(t, 3) for t in timings),
         forward_pflop=round(flops / 1e15, 3),
         achieved_tflops=round(achieved, 1),
         mfu=round(achieved / peak_tflops, 3) if peak_tflops else None,
-        peak_memory_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if on_gpu else 0.0,
+        peak_memory_gib=round(_max_over_ranks(torch.cuda.max_memory_allocated(device)) / 2**30, 2) if on_gpu else 0.0,
     )
 
 
@@ -194,6 +207,14 @@ def profile_forward(model: MultiTalkDiT, *, size: int, frames: int, top: int = 2
             for e in ranked
         ],
     }
+
+
+def _max_over_ranks(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
 
 
 def gpu_name() -> str:
@@ -248,17 +269,22 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
-    device = torch.device("cuda", 0)
+    groups = init_groups()  # under torchrun: one rank per GPU, Ulysses over all of them
+    device, leader = groups.device, groups.is_leader
     config = replace(DiTConfig(), attention_backend=args.attention)
     if args.layers:
         config = replace(config, num_layers=args.layers)
     started = time.perf_counter()
     model = build_model(config, device, torch.bfloat16)
-    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
+    if leader:
+        print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
     if args.compile:
         compile_blocks(model)
+    runner = SequenceParallelDiT(model, groups.world) if groups.is_distributed else model
     peak = _peak(gpu_name())
     if args.profile:
+        if groups.is_distributed:
+            raise SystemExit("--profile runs on one GPU")
         report = [profile_forward(model, size=size, frames=args.frames) for size in args.sizes]
         print(json.dumps(report, indent=1))
         if args.out:
@@ -267,17 +293,21 @@ def main() -> None:
     results = []
     for size in args.sizes:
         result = bench_steps(
-            model, size=size, frames=args.frames, passes=args.passes, steps=args.steps, warmup=args.warmup,
-            peak_tflops=peak,
+            runner, size=size, frames=args.frames, passes=args.passes, steps=args.steps, warmup=args.warmup,
+            peak_tflops=peak, gpus=groups.world_size,
         )
-        print(json.dumps(asdict(result)))
+        if leader:
+            print(json.dumps(asdict(result)))
         results.append(result)
-    report = {"gpu": gpu_name(), "gpus": 1, "torch": torch.__version__, "results": [asdict(r) for r in results]}
+    if not leader:
+        return
+    gpus = groups.world_size
+    report = {"gpu": gpu_name(), "gpus": gpus, "torch": torch.__version__, "results": [asdict(r) for r in results]}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
     if args.markdown:
-        append_markdown(args.markdown, results, gpus=1, note=args.note)
+        append_markdown(args.markdown, results, gpus=gpus, note=args.note)
 
 
 if __name__ == "__main__":
