@@ -39,6 +39,7 @@ NO_TOKEN_MESSAGE = (
 REDACTED = "[REDACTED]"
 QUIET_LOGGERS = ("httpx", "httpcore")
 DRAFT_PRUNE_INTERVAL_S = 3600.0
+SHUTDOWN_GRACE_S = 30.0
 
 
 class FrontEnd(Protocol):
@@ -135,7 +136,9 @@ async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event 
         log.warning("DUET_LINK_SECRET is not set: videos too large for a chat cannot be sent as links")
     runner = web.AppRunner(build_http_app(services.queue, services.media, metrics, signer))
     front_ends: list[FrontEnd] = []
+    watchers: list[DeliveryWatcher] = []
     tasks: list[asyncio.Task] = []
+    pruner: asyncio.Task | None = None
     try:
         await runner.setup()
         await web.TCPSite(runner, settings.http.host, settings.http.port).start()
@@ -143,14 +146,20 @@ async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event 
             await front_end.start()
             front_ends.append(front_end)
             watcher = DeliveryWatcher(service, front_end.port, fitter=VideoFitter(), link_signer=signer, metrics=metrics)
+            watchers.append(watcher)
             tasks.append(asyncio.create_task(watcher.run(), name=f"delivery-{front_end.port.platform}"))
-        tasks.append(asyncio.create_task(_prune_drafts(drafts), name="prune-drafts"))
+        pruner = asyncio.create_task(_prune_drafts(drafts), name="prune-drafts")
         log.info("duet bots running", extra={"action": "start", "platforms": [f.port.platform for f in front_ends]})
         await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if pruner is not None:
+            pruner.cancel()
+        for watcher in watchers:
+            watcher.stop()  # finishes the post in progress, so it is recorded as delivered
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+            for task in unfinished:
+                task.cancel()
         for front_end in reversed(front_ends):
             with contextlib.suppress(Exception):
                 await front_end.stop()

@@ -25,6 +25,7 @@ Too large for the platform: the engine's fitted copy if it fits, else a copy re-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import statistics
 import time
@@ -168,17 +169,25 @@ class DeliveryWatcher:
         self.resume_window_s = resume_window_s
         self._shown: dict[str, _Shown] = {}
         self._finished: set[str] = set()  # terminal jobs whose final status is on screen
+        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        """Tick until cancelled; a failing tick is logged and the loop goes on."""
-        while True:
+        """Tick until `stop()`; a failing tick is logged and the loop goes on.
+
+        Stopping is a flag checked between ticks rather than a task cancellation, because a tick may be
+        inside a library (database driver, HTTP client) that does not pass a cancellation on; a stop
+        therefore lets the current post finish and be recorded, which is what exactly-once wants.
+        """
+        while not self._stopping.is_set():
             try:
                 await self.tick()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("delivery tick failed", extra={"action": "delivery_tick", "platform": self.port.platform})
-            await asyncio.sleep(self.poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.poll_interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
 
     async def tick(self) -> None:
         await self.refresh_statuses()
@@ -253,7 +262,12 @@ class DeliveryWatcher:
             self.metrics.delivery_errors += 1
             retry = job.delivery_attempts < self.max_delivery_attempts
             log.warning(
-                "delivery failed", extra={"action": "deliver", "job_id": job.id, "retry": retry, "error": repr(exc)}
+                "delivery of job %s failed (attempt %d, retry: %s): %r",
+                job.id,
+                job.delivery_attempts,
+                retry,
+                exc,
+                extra={"action": "deliver", "job_id": job.id},
             )
             await self.queue.mark_delivery_failed(job.id, token, error_admin=f"delivery: {exc!r}"[:500], retry=retry)
             if not retry:
