@@ -32,7 +32,7 @@ import torch.nn.functional as F
 # per-line outcome, so the engine applies the same rule again rather than a copy of it.
 from bot.core.voices import detect_language
 from engine.stages.tts import SAMPLE_RATE as TTS_SAMPLE_RATE
-from engine.stages.tts import KokoroTTS, Language, SpeechError
+from engine.stages.tts import KokoroTTS, Language, SpeechError, pipeline_lang_code
 from storage.contract import Inputs, Speaker, Stage
 
 SAMPLE_RATE = 16_000  # what wav2vec2 reads
@@ -206,9 +206,10 @@ def run_speech(
     """
     if not lines:
         raise SpeechError("The dialogue is empty.", "run_speech got no lines")
-    for speaker in sorted({line.speaker for line in lines}):
-        if speaker not in voices:
-            raise SpeechError("A speaker has no voice.", f"no voice for speaker {speaker}")
+    for line in lines:  # every refusal before the first synthesis
+        if line.speaker not in voices:
+            raise SpeechError("A speaker has no voice.", f"no voice for speaker {line.speaker}")
+        pipeline_lang_code(line.language, voices[line.speaker])
 
     clips: list[np.ndarray] = []  # 24 kHz, padded to the grid
     starts: list[int] = []  # grid units

@@ -42,15 +42,40 @@ def tts() -> KokoroTTS:
 
 
 @pytest.fixture(scope="module")
-def clips(tts) -> list[np.ndarray]:
-    """Each line spoken alone, as the stage speaks it (same voice, language and per-line seed)."""
-    return [tts.synthesize(line.text, voice=VOICES[line.speaker], language=line.language, seed=line_seed(4, index))
-            for index, line in enumerate(DIALOGUE)]  # fmt: skip
+def spoken(tts) -> tuple[Speech, list[tuple[dict, np.ndarray]]]:
+    """The dialogue's speech, and each synthesis call the stage made (its arguments and the audio returned)."""
+    calls = []
+    synthesize = tts.synthesize
+
+    def recording(text, **kwargs):
+        audio = synthesize(text, **kwargs)
+        calls.append(({"text": text, **kwargs}, audio))
+        return audio
+
+    tts.synthesize = recording
+    try:
+        return run_speech(DIALOGUE, VOICES, tts, seed=4, pauses=PAUSES), calls
+    finally:
+        del tts.synthesize
 
 
 @pytest.fixture(scope="module")
-def speech(tts) -> Speech:
-    return run_speech(DIALOGUE, VOICES, tts, seed=4, pauses=PAUSES)
+def speech(spoken) -> Speech:
+    return spoken[0]
+
+
+@pytest.fixture(scope="module")
+def clips(spoken) -> list[np.ndarray]:
+    return [audio for _, audio in spoken[1]]
+
+
+def test_each_line_is_spoken_alone_with_its_speakers_voice_and_own_seed(spoken):
+    assert [arguments for arguments, _ in spoken[1]] == [
+        {"text": line.text, "voice": VOICES[line.speaker], "language": line.language, "speed": 1.0,
+         "seed": line_seed(4, index)}
+        for index, line in enumerate(DIALOGUE)
+    ]  # fmt: skip
+    assert len({line_seed(4, index) for index in range(100)} | {line_seed(5, 0)}) == 101
 
 
 def _span(speech: Speech, index: int, rate: int) -> slice:
@@ -108,7 +133,7 @@ def test_the_mix_is_the_sum_of_the_tracks(speech):
     np.testing.assert_array_equal(speech.mixed, speech.tracks["A"] + speech.tracks["B"])
 
 
-def test_each_line_is_its_own_synthesis_at_both_rates(speech, clips):
+def test_each_lines_audio_is_placed_unchanged_at_both_rates(speech, clips):
     soundtrack = speech.soundtrack
     outside = np.ones(soundtrack.shape[0], dtype=bool)
     for index, (line, clip) in enumerate(zip(speech.lines, clips, strict=True)):
@@ -166,7 +191,8 @@ def test_job_lines_get_the_language_submission_checked_them_with(language, expec
     assert [(line.speaker, line.text) for line in lines] == [(line.speaker, line.text) for line in inputs.dialogue]
 
 
-def test_a_chinese_line_for_an_english_voice_stops_the_stage(tts):
+def test_a_chinese_line_for_an_english_voice_stops_the_stage_before_any_synthesis(tts, monkeypatch):
+    monkeypatch.setattr(tts, "synthesize", lambda *args, **kwargs: pytest.fail("synthesized before checking"))
     lines = [SpeechLine("A", "Hello.", "en"), SpeechLine("B", "你好。", "zh")]
     with pytest.raises(SpeechError, match="Mandarin voice"):
         run_speech(lines, {"A": "af_heart", "B": "am_adam"}, tts)
@@ -181,7 +207,7 @@ def test_missing_voices_and_empty_dialogues_are_refused(tts):
 
 
 def test_the_same_seed_gives_the_same_speech(tts):
-    lines = DIALOGUE[:2]
+    lines = DIALOGUE[1:2]
     first = run_speech(lines, VOICES, tts, seed=9)
     again = run_speech(lines, VOICES, tts, seed=9)
     other = run_speech(lines, VOICES, tts, seed=10)
@@ -193,7 +219,8 @@ def test_the_same_seed_gives_the_same_speech(tts):
 
 def test_progress_is_reported_per_line_and_can_stop_the_stage(tts):
     seen = []
-    run_speech(DIALOGUE[:2], VOICES, tts, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    lines = [SpeechLine("A", "Hi.", "en"), SpeechLine("B", "Yes!", "en")]
+    run_speech(lines, VOICES, tts, progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert seen == [(Stage.TTS, 1, 2), (Stage.TTS, 2, 2)]
 
     class Cancelled(Exception):
@@ -203,7 +230,7 @@ def test_progress_is_reported_per_line_and_can_stop_the_stage(tts):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        run_speech(DIALOGUE[:2], VOICES, tts, progress=cancel)
+        run_speech(lines, VOICES, tts, progress=cancel)
 
 
 def test_resampling_keeps_speech_band_tones_and_removes_what_16k_cannot_hold():
