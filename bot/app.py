@@ -26,7 +26,6 @@ from bot.core.drafts import DraftStore
 from bot.core.service import BotService
 from bot.delivery import DeliveryMetrics, DeliveryWatcher, PlatformPort
 from bot.http import LinkSigner, build_http_app
-from bot.video_fit import VideoFitter
 from storage.cli import open_services
 from storage.settings import Secrets, Settings
 
@@ -145,7 +144,7 @@ async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event 
         for front_end in _front_ends(service, secrets):
             await front_end.start()
             front_ends.append(front_end)
-            watcher = DeliveryWatcher(service, front_end.port, fitter=VideoFitter(), link_signer=signer, metrics=metrics)
+            watcher = DeliveryWatcher(service, front_end.port, link_signer=signer, metrics=metrics)
             watchers.append(watcher)
             tasks.append(asyncio.create_task(watcher.run(), name=f"delivery-{front_end.port.platform}"))
         pruner = asyncio.create_task(_prune_drafts(drafts), name="prune-drafts")

@@ -18,8 +18,9 @@ crash between posting and recording leaves the claim to expire, and the next cla
 read a chat's history — so on Telegram a crash inside that window (seconds, during the upload) can
 produce one duplicate video, never a lost one.
 
-Too large for the platform: the engine's fitted copy if it fits, else a copy re-encoded here
-(`bot.video_fit`), else an expiring signed link (`bot.http.LinkSigner`), else a message naming the job.
+Too large for the platform: the engine's fitted copy if it fits, else a copy re-encoded here with the
+engine's own `engine.stages.mux.fit_to_bytes` (PyAV only, no torch), else an expiring signed link
+(`bot.http.LinkSigner`), else a message naming the job.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import logging
 import statistics
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from bot.core.actions import Action, Verb
 from bot.core.service import BotService
 from bot.core.status import status_actions, status_text
 from bot.core.texts import size_text, text
+from engine.stages.mux import FitError, fit_to_bytes
 from storage.contract import ACTIVE_STATES, TERMINAL_STATES, JobResult, JobState
 from storage.errors import LeaseLost
 from storage.queue import JobRecord
@@ -151,7 +154,7 @@ class DeliveryWatcher:
         service: BotService,
         port: PlatformPort,
         *,
-        fitter=None,
+        reencode: bool = True,
         link_signer=None,
         metrics: DeliveryMetrics | None = None,
         poll_interval_s: float | None = None,
@@ -161,7 +164,7 @@ class DeliveryWatcher:
         self.service = service
         self.queue = service.queue
         self.port = port
-        self.fitter = fitter  # bot.video_fit.VideoFitter, or None to skip re-encoding
+        self.reencode = reencode  # re-encode a result too large for the platform (CPU, in a thread)
         self.link_signer = link_signer  # bot.http.LinkSigner, or None when no DUET_LINK_SECRET is set
         self.metrics = metrics or DeliveryMetrics()
         self.poll_interval_s = poll_interval_s or service.settings.queue.poll_interval_s
@@ -301,12 +304,18 @@ class DeliveryWatcher:
         for ref in (result.video, result.fitted_video):
             if ref is not None and ref.size_bytes <= limit:
                 return self._video_file(media.path(job.id, ref.role), ref.size_bytes, result)
-        if self.fitter is None:
+        if not self.reencode:
             return None
-        fitted = await self.fitter.fit(media.path(job.id, "result"), limit, duration_s=result.duration_s)
-        if fitted is None:
+        source = media.path(job.id, "result")
+        scratch = source.with_name(f".fit-{uuid.uuid4().hex}.mp4")
+        try:
+            await asyncio.to_thread(fit_to_bytes, source, limit, scratch)
+            ref = await media.adopt(job.id, "result_fitted", scratch)
+        except FitError as error:
+            log.info("no fitting copy: %s", error.admin_detail, extra={"action": "fit", "job_id": job.id})
             return None
-        ref = await media.put(job.id, "result_fitted", fitted)
+        finally:
+            scratch.unlink(missing_ok=True)  # adopted files have moved; this only removes a failed attempt
         return self._video_file(media.path(job.id, "result_fitted"), ref.size_bytes, result)
 
     @staticmethod

@@ -18,7 +18,6 @@ from bot.delivery import DeliveryMetrics, DeliveryWatcher, EditPolicy, MessageGo
 from bot.http import LinkSigner, build_http_app
 from bot.telegram.app import build_application
 from bot.telegram.port import TelegramPort
-from bot.video_fit import VideoFitter
 from storage.contract import Requester
 from storage.queue import JobRecord
 from storage.settings import Settings
@@ -179,14 +178,14 @@ async def test_over_the_limit_the_fitted_copy_is_sent(service: BotService) -> No
     port = RecordingPort(EditPolicy(0.0, 0.0), limit=100_000)
     job_id, large = await complete_large(service, fitted=fitted)
     assert len(large) > 100_000 > len(fitted)
-    await DeliveryWatcher(service, port, fitter=VideoFitter()).tick()
+    await DeliveryWatcher(service, port).tick()
     assert port.videos[0].path.read_bytes() == fitted
 
 
 async def test_over_the_limit_without_a_fitted_copy_it_is_re_encoded_to_fit(service: BotService) -> None:
     port = RecordingPort(EditPolicy(0.0, 0.0), limit=60_000)
     job_id, large = await complete_large(service)
-    await DeliveryWatcher(service, port, fitter=VideoFitter()).tick()
+    await DeliveryWatcher(service, port).tick()
     sent = port.videos[0]
     assert sent.size_bytes <= 60_000 < len(large)
     assert sent.path == service.media.path(job_id, "result_fitted")
@@ -199,7 +198,7 @@ async def test_when_nothing_fits_the_user_gets_an_expiring_signed_link(service: 
     port = RecordingPort(EditPolicy(0.0, 0.0), limit=2_000)
     job_id, large = await complete_large(service)
     signer = LinkSigner(b"s3cret", "http://duet.example", ttl_s=3600)
-    await DeliveryWatcher(service, port, fitter=VideoFitter(), link_signer=signer).tick()
+    await DeliveryWatcher(service, port, link_signer=signer).tick()
     message = port.texts[-1]
     assert "AI-generated" in message and "within 1 h" in message
     url = next(word for word in message.split() if word.startswith("http://duet.example/v/"))
@@ -213,7 +212,7 @@ async def test_when_nothing_fits_the_user_gets_an_expiring_signed_link(service: 
 async def test_without_a_link_secret_the_user_is_told_the_video_is_too_large(service: BotService) -> None:
     port = RecordingPort(EditPolicy(0.0, 0.0), limit=2_000)
     job_id, _ = await complete_large(service)
-    await DeliveryWatcher(service, port).tick()
+    await DeliveryWatcher(service, port, reencode=False).tick()
     assert "too large" in port.texts[-1] and job_id in port.texts[-1]
 
 
