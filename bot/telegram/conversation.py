@@ -218,6 +218,7 @@ async def edit(update: Update, context: Context) -> Step | None:
     action = parse_action(query.data)
     assert action is not None and action.verb == Verb.EDIT
     state = await service_of(context).draft(action.target, actor_of(update))
+    await query.edit_message_reply_markup(None)  # this preview is out of date from now on
     context.user_data["draft_id"] = state.id  # type: ignore[index]
     await reply(update, text("ask.script", locale_of(update)))
     return Step.SCRIPT

@@ -268,3 +268,42 @@ def service_actor(fake: FakeTelegram):
     from bot.core.service import Actor
 
     return Actor("telegram", str(fake.user.id))
+
+
+async def test_edit_keeps_the_photos_and_asks_for_a_new_script_and_discard_drops_the_draft(
+    fake_telegram: FakeTelegram, service: BotService
+) -> None:
+    chat = TelegramChat(fake_telegram)
+    async with running_bot(fake_telegram, service):
+        preview = await make_preview_with_album(chat)
+        chat.press(preview, "duet:draft:edit:")
+        await chat.bot_says("Now the dialogue")
+        fake_telegram.send_text("A: New first line.\nB: And a new answer.")
+        await chat.bot_says("Describe the scene")
+        fake_telegram.send_command("skip")
+        chat.press(chat.message(await chat.bot_says("voice of A")), "duet:voice:A:auto")
+        chat.press(chat.message(await chat.bot_says("voice of B")), "duet:voice:B:auto")
+        edited = chat.message(await chat.bot_says("New first line", route="sendPhoto"))
+        draft_id = chat.press(edited, "duet:draft:discard:").rsplit(":", 1)[1]
+        await chat.bot_says("Stopped. Nothing was rendered.")
+        assert "reply_markup" not in fake_telegram.messages[(fake_telegram.user.id, preview["message_id"])]
+        assert not (service.drafts.root / draft_id).exists()
+    assert await service.queue.list_jobs() == []
+
+
+async def test_jobs_show_and_voices(fake_telegram: FakeTelegram, service: BotService) -> None:
+    chat = TelegramChat(fake_telegram)
+    async with running_bot(fake_telegram, service):
+        fake_telegram.send_command("jobs")
+        await chat.bot_says("You have no videos yet")
+        job_id, _ = await render(chat, await make_preview_with_album(chat), service)
+        fake_telegram.send_command("jobs")
+        listing = await chat.bot_says("Your videos")
+        assert f"{job_id} · queued" in listing.params["text"]
+        fake_telegram.send_command("show", job_id)
+        shown = await chat.bot_says(f"Job {job_id}")
+        assert shown.params["text"].startswith("Queued — position 1")
+        assert shown.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == f"duet:job:cancel:{job_id}"
+        fake_telegram.send_command("voices")
+        voices = await chat.bot_says("af_heart")
+        assert "zf_xiaoxiao" in voices.params["text"]
