@@ -26,7 +26,8 @@ from bot.core.drafts import DraftStore
 from bot.core.service import BotService
 from bot.delivery import DeliveryMetrics, DeliveryWatcher, PlatformPort
 from bot.http import LinkSigner, build_http_app
-from storage.cli import open_services
+from storage import admin
+from storage.cli import Services, open_services
 from storage.settings import Secrets, Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ NO_TOKEN_MESSAGE = (
 )
 REDACTED = "[REDACTED]"
 QUIET_LOGGERS = ("httpx", "httpcore")
-DRAFT_PRUNE_INTERVAL_S = 3600.0
+HOUSEKEEPING_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 30.0
 
 
@@ -104,11 +105,17 @@ def _front_ends(service: BotService, secrets: Secrets) -> list[FrontEnd]:
     return front_ends
 
 
-async def _prune_drafts(drafts: DraftStore) -> None:
+async def _housekeeping(drafts: DraftStore, services: Services) -> None:
+    """Hourly: drop stale drafts and apply the media retention rules (idempotent, safe beside an engine
+    or an operator doing the same)."""
     while True:
-        with contextlib.suppress(Exception):
+        try:
             await drafts.prune()
-        await asyncio.sleep(DRAFT_PRUNE_INTERVAL_S)
+            removed = await admin.enforce_retention(services.queue, services.media)
+            log.info("housekeeping done: %s", removed, extra={"action": "housekeeping"})
+        except Exception:
+            log.exception("housekeeping failed", extra={"action": "housekeeping"})
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
 
 
 async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event | None = None) -> int:
@@ -137,7 +144,7 @@ async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event 
     front_ends: list[FrontEnd] = []
     watchers: list[DeliveryWatcher] = []
     tasks: list[asyncio.Task] = []
-    pruner: asyncio.Task | None = None
+    housekeeper: asyncio.Task | None = None
     try:
         await runner.setup()
         await web.TCPSite(runner, settings.http.host, settings.http.port).start()
@@ -147,12 +154,12 @@ async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event 
             watcher = DeliveryWatcher(service, front_end.port, link_signer=signer, metrics=metrics)
             watchers.append(watcher)
             tasks.append(asyncio.create_task(watcher.run(), name=f"delivery-{front_end.port.platform}"))
-        pruner = asyncio.create_task(_prune_drafts(drafts), name="prune-drafts")
+        housekeeper = asyncio.create_task(_housekeeping(drafts, services), name="housekeeping")
         log.info("duet bots running", extra={"action": "start", "platforms": [f.port.platform for f in front_ends]})
         await stop.wait()
     finally:
-        if pruner is not None:
-            pruner.cancel()
+        if housekeeper is not None:
+            housekeeper.cancel()
         for watcher in watchers:
             watcher.stop()  # finishes the post in progress, so it is recorded as delivered
         if tasks:

@@ -58,7 +58,7 @@ def build_application(service: BotService, token: str, *, state_path: Path | Non
     persistence = PicklePersistence(
         filepath=state_path,
         store_data=PersistenceInput(bot_data=False, chat_data=False, user_data=True, callback_data=False),
-        update_interval=5,
+        update_interval=1,  # a crash loses at most a second of conversation state (drafts are on disk at once)
     )
     application = (
         ApplicationBuilder()
