@@ -1,0 +1,370 @@
+"""`python -m engine.serve`: the long-lived render service, one process per rank under torchrun.
+
+Models load once; then, for days: rank 0 claims a job, announces it to every rank over the gloo control group,
+all ranks render it in lock-step (sequence-parallel DiT), and rank 0 stores the MP4 and the result. Between jobs
+ranks 1..N wait on gloo, never inside an NCCL collective (engine/parallel/groups.py says why).
+
+What stops a job, always at a sampler step boundary and on every rank at once (rank 0 decides, `agree` tells):
+the owner's cancel, a lost lease, SIGTERM (rank 0 has already requeued the job without charging the attempt),
+the per-job time limit. After a job every rank reports its outcome; if the ranks disagree (one failed while the
+others did not), the group may be stuck mid-collective, so every rank exits non-zero and the supervisor
+(engine/supervisor.py, started by run_engine.sh) restarts it. A drain request finishes the current job and
+exits 0; `--once` serves one job and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import click
+import torch
+
+from engine.leader import ActiveJob, Leader, StopCode, store_result
+from engine.parallel.control import ControlChannel
+from engine.parallel.groups import ParallelConfig, ProcessGroups, destroy_groups, init_groups
+from engine.sampling import RenderCancelled
+from storage.contract import JobSpec
+from storage.errors import DuetError
+from storage.settings import Settings, load_settings
+
+logger = logging.getLogger("engine.serve")
+
+OOM_MESSAGE = "The render ran out of GPU memory with these settings. Try a shorter dialogue or 480p."
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The engine's command line, below `main` (the option names are the original service's)."""
+
+    config_path: str | None
+    preset: str | None  # None: [engine] preset
+    weights_dir: Path | None  # None: [engine] weights_dir
+    once: bool
+    parallel: ParallelConfig
+    frame_num: int | None
+    sample_shift: float | None
+    offload_model: bool
+    time_limit_s: float | None  # None: [queue] job_timeout_s
+    worker_name: str | None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A claimed job as every rank needs it (pickled over the control group)."""
+
+    job_id: str
+    spec_json: str
+    frame_path: str
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """How the job ended on one rank. `kind`: ok, stopped, refused (bad job), oom, error."""
+
+    kind: str
+    user_message: str = ""
+    detail: str = ""
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+
+
+def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGroups):
+    """The render pipeline of this rank: the preset's models, wrapped for sequence parallelism when asked."""
+    from engine.parallel.sequence import SequenceParallelDiT
+    from engine.pipeline import RenderPipeline
+    from engine.presets import Placement, get_preset
+    from engine.stages.render import DiTVelocity
+
+    preset = get_preset(options.preset or settings.engine.preset)
+    if options.frame_num is not None:
+        preset = replace(preset, frame_num=options.frame_num)
+    options.parallel.check(groups.world_size, preset.dit.num_heads)
+    placement = Placement(device=str(groups.device), t5_device="cpu" if options.offload_model else None)
+    weights_dir = options.weights_dir or settings.engine.weights_dir
+    pipeline = RenderPipeline.from_preset(preset, weights_dir, placement=placement)  # type: ignore[arg-type]
+    if options.parallel.sequence_parallel_size > 1:
+        parallel_dit = SequenceParallelDiT(pipeline.models.dit, groups.world)
+        pipeline.make_velocity = lambda dit, teacache: DiTVelocity(parallel_dit, teacache)  # type: ignore[arg-type]
+    return pipeline
+
+
+# ---- one job, every rank ------------------------------------------------------------------------------------
+
+
+class StepGate:
+    """The pipeline's `is_cancel_requested`: one `agree` per call, so every rank stops at the same step."""
+
+    def __init__(self, channel: ControlChannel, leader: Leader | None) -> None:
+        self.channel = channel
+        self.leader = leader
+        self.code = StopCode.GO_ON
+
+    def __call__(self) -> bool:
+        mine = self.leader.stop_code() if self.leader is not None else StopCode.GO_ON
+        self.code = StopCode(self.channel.agree(int(mine)))
+        return self.code != StopCode.GO_ON
+
+
+def make_request(assignment: Assignment, work_dir: Path):
+    from engine.pipeline import RenderRequest
+
+    return RenderRequest(
+        spec=JobSpec.from_json(assignment.spec_json), frame_path=Path(assignment.frame_path), work_dir=work_dir,
+        job_id=assignment.job_id,
+    )  # fmt: skip
+
+
+def render_assignment(pipeline, assignment: Assignment, gate: StepGate, leader: Leader | None, work_dir: Path):
+    """Render on this rank; returns (outcome, output or None). Never raises for a job's own failure."""
+    request = make_request(assignment, work_dir)
+    on_progress = leader.report if leader is not None else (lambda stage, done, total: None)
+    try:
+        output = pipeline.render(request, on_progress=on_progress, is_cancel_requested=gate)
+    except RenderCancelled:
+        return RankOutcome("stopped", detail=str(gate.code.name)), None
+    except torch.OutOfMemoryError as exc:
+        return RankOutcome("oom", OOM_MESSAGE, f"{type(exc).__name__}: {exc}"), None
+    except DuetError as exc:  # the job itself cannot be rendered (too long, unknown LoRA, bad speech input)
+        return RankOutcome("refused", exc.user_message, exc.admin_detail), None
+    except Exception as exc:
+        logger.exception("render failed", extra={"action": "render", "job_id": assignment.job_id})
+        return RankOutcome("error", "The render failed.", _short_traceback(exc)), None
+    if gate.code != StopCode.GO_ON:  # stopped after the last step boundary: e.g. requeued on SIGTERM meanwhile
+        return RankOutcome("stopped", detail=gate.code.name), None
+    return RankOutcome("ok"), output
+
+
+def _short_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)[-6:])[-2000:]
+
+
+def group_is_sound(outcomes: list[RankOutcome]) -> bool:
+    """Did every rank end the job the same way? If not, a rank may have left the others inside a collective."""
+    first = outcomes[0]
+    return all(o.kind == first.kind and (o.kind not in ("error", "oom") or o.detail == first.detail) for o in outcomes)
+
+
+def settle(outcomes: list[RankOutcome], gate: StepGate, output):
+    """Rank 0's final write for the job, as a coroutine factory for `Leader.settle`."""
+    failed = next((o for o in outcomes if o.kind in ("oom", "refused", "error")), None)
+
+    async def write(queue, media, job: ActiveJob) -> None:
+        if failed is not None:
+            retryable = failed.kind == "error"
+            await queue.fail(job.job_id, job.token, error_user=failed.user_message,
+                             error_admin=f"{failed.kind}: {failed.detail}", retryable=retryable)  # fmt: skip
+        elif any(o.kind == "stopped" for o in outcomes):
+            if gate.code == StopCode.CANCELLED:
+                await queue.finish_cancelled(job.job_id, job.token)
+            elif gate.code == StopCode.TIME_LIMIT:
+                await queue.fail(job.job_id, job.token, error_user="The render took too long and was stopped.",
+                                 error_admin="per-job time limit reached", retryable=False)  # fmt: skip
+            # LEASE_LOST: not ours any more. SHUTDOWN: already requeued by the signal watcher.
+        else:
+            await store_result(queue, media, job, video=output.video_path, fitted=output.fitted_path,
+                               duration_s=output.duration_s, width=output.width, height=output.height,
+                               timings=output.timings)  # fmt: skip
+            logger.info("job succeeded", extra={"action": "complete", "job_id": job.job_id})
+
+    return write
+
+
+def run_job(pipeline, assignment: Assignment, channel: ControlChannel, leader: Leader | None) -> bool:
+    """One job on this rank, start to end. Returns whether the group is still sound."""
+    gate = StepGate(channel, leader)
+    with tempfile.TemporaryDirectory(prefix=f"duet-{assignment.job_id[:8]}-r{channel.rank}-") as scratch:
+        outcome, output = render_assignment(pipeline, assignment, gate, leader, Path(scratch))
+        outcomes = channel.gather(outcome)
+        if leader is not None:
+            leader.settle(settle(outcomes, gate, output))
+    sound = group_is_sound(outcomes)
+    if not sound:
+        logger.error("ranks ended the job differently: %s; restarting the group", [o.kind for o in outcomes])
+    return sound
+
+
+# ---- the loops ----------------------------------------------------------------------------------------------
+
+
+def with_engine_defaults(spec: JobSpec, sample_shift: float | None) -> str:
+    """The spec as rendered here: the engine's --sample_shift fills in a job that chose none."""
+    if sample_shift is not None and spec.render.sample_shift is None:
+        spec = spec.model_copy(update={"render": spec.render.model_copy(update={"sample_shift": sample_shift})})
+    return spec.model_dump_json()
+
+
+def refuse(error: DuetError):
+    async def write(queue, media, job: ActiveJob) -> None:
+        await queue.fail(job.job_id, job.token, error_user=error.user_message, error_admin=error.admin_detail,
+                         retryable=False)  # fmt: skip
+
+    return write
+
+
+def lead(
+    pipeline, channel: ControlChannel, leader: Leader, settings: Settings, *, once: bool, sample_shift: float | None
+) -> int:
+    """Rank 0: claim, announce, render, settle; until drained, signalled, or (with --once) one job is done."""
+    try:
+        while not leader.should_stop:
+            record = leader.claim()
+            if record is None:
+                leader.wait_idle(settings.queue.poll_interval_s)
+                continue
+            try:
+                assignment = Assignment(record.id, with_engine_defaults(record.spec, sample_shift),
+                                        leader.frame_path(record))  # fmt: skip
+            except DuetError as exc:  # a damaged job: no rank needs to see it
+                leader.settle(refuse(exc))
+                continue
+            channel.announce(assignment)
+            logger.info("job claimed", extra={"action": "claim", "job_id": record.id, "attempt": record.attempts})
+            if not run_job(pipeline, assignment, channel, leader):
+                return 1
+            if once:
+                break
+    finally:
+        if leader.should_stop:
+            logger.info("stopping: %s", "drain requested" if leader.drain_requested else "signal")
+    channel.announce(None)
+    return 0
+
+
+def follow(pipeline, channel: ControlChannel) -> int:
+    """Ranks 1..N: wait on gloo for the next job; render it; stop when rank 0 says so."""
+    while (assignment := channel.announce()) is not None:
+        if not run_job(pipeline, assignment, channel, None):
+            return 1
+    return 0
+
+
+def serve(options: ServeOptions) -> int:
+    settings = load_settings(options.config_path)
+    groups = init_groups(options.parallel.collective_timeout_s)
+    _setup_logging(groups.rank)
+    leader = None
+    try:
+        started = time.perf_counter()
+        pipeline = build_pipeline(options, settings, groups)
+        load_s = time.perf_counter() - started
+        logger.info("models loaded in %.1f s (preset %s, %d rank(s), device %s)", load_s,
+                    pipeline.models.preset.name, groups.world_size, groups.device)  # fmt: skip
+        channel = ControlChannel(groups)
+        if not groups.is_leader:
+            # torchrun signals every rank; only rank 0 acts, the others leave when it announces the stop.
+            signal.signal(signal.SIGTERM, lambda signum, frame: logger.info("SIGTERM: waiting for rank 0"))
+            return follow(pipeline, channel)
+        leader = Leader(settings, _worker_name(options, settings), time_limit_s=options.time_limit_s or
+                        settings.queue.job_timeout_s, requeue_on_signal="DUET_SUPERVISED" not in os.environ, info=_worker_info(options, groups, pipeline, load_s))  # fmt: skip
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: leader.request_shutdown(signum))
+        leader.start()
+        return lead(pipeline, channel, leader, settings, once=options.once, sample_shift=options.sample_shift)
+    finally:
+        if leader is not None:
+            leader.close()
+        destroy_groups(groups)
+
+
+def _worker_name(options: ServeOptions, settings: Settings) -> str:
+    return (options.worker_name or os.environ.get("DUET_WORKER_NAME") or settings.engine.worker_name
+            or f"{socket.gethostname()}-{os.getpid()}")  # fmt: skip
+
+
+def _worker_info(options: ServeOptions, groups: ProcessGroups, pipeline, load_s: float) -> dict:
+    return {
+        "host": socket.gethostname(), "pid": os.getpid(), "world_size": groups.world_size,
+        "preset": pipeline.models.preset.name, "device": str(groups.device), "backend": groups.backend,
+        "ulysses_size": options.parallel.ulysses_size, "load_s": round(load_s, 1),
+    }  # fmt: skip
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=os.environ.get("DUET_LOG_LEVEL", "INFO"), stream=sys.stderr,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+    )  # fmt: skip
+
+
+def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path | None) -> int:
+    """Exit code 0 when the preset can load; 3 (with every missing file named) when weights are missing."""
+    from engine.presets import get_preset, missing_files
+    from engine.stages.tts import required_tts_files
+
+    preset = get_preset(preset_name or settings.engine.preset)
+    if not preset.needs_weights:
+        click.echo(f"preset {preset.name}: random weights, no files needed (the output is noise)", err=True)
+        return 0
+    weights_dir = weights_dir or settings.engine.weights_dir
+    missing = missing_files(weights_dir) + [path for path in required_tts_files(weights_dir) if not path.exists()]
+    if missing:
+        click.echo(f"Cannot start the {preset.name} preset: missing weight files under {weights_dir}:", err=True)
+        for path in missing:
+            click.echo(f"  {path}", err=True)
+        click.echo("See weights/README.md for where to get them, or use --preset tiny to try the path.", err=True)
+        return 3
+    click.echo(f"preset {preset.name}: weights found under {weights_dir}", err=True)
+    return 0
+
+
+# ---- command line -----------------------------------------------------------------------------------------
+
+
+@click.command("serve", context_settings={"show_default": True})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DUET_CONFIG",
+              help="bot_config.toml (database, media, queue timings, [engine]).")
+@click.option("--preset", type=click.Choice(["full", "tiny"]), default=None,
+              help="Models to load; default [engine] preset. tiny: random weights on CPU (the output is noise).")
+@click.option("--weights_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Checkpoint folder; default [engine] weights_dir.")
+@click.option("--once", is_flag=True, help="Serve one job, then exit.")
+@click.option("--ulysses_size", type=int, default=1, help="Ranks sharing one DiT sequence (Ulysses).")
+@click.option("--ring_size", type=int, default=1, help="Ring-attention degree (xfuser backend only).")
+@click.option("--t5_fsdp", is_flag=True, help="Shard T5 across ranks (not implemented yet: refused).")
+@click.option("--dit_fsdp", is_flag=True, help="Shard the DiT's blocks across ranks (not implemented yet: refused).")
+@click.option("--frame_num", type=int, default=None, help="Frames per chunk (4n+1); default the preset's (81).")
+@click.option("--sample_shift", type=float, default=None,
+              help="Default flow shift for jobs that set none (default: 7 at 480p, 11 at 720p).")
+@click.option("--offload_model", type=bool, default=False, help="Keep T5 on the CPU (saves GPU memory).")
+@click.option("--collective_timeout_s", type=float, default=600.0,
+              help="Longest a render collective may hang before the group is torn down (idle waits are not bound).")
+@click.option("--time_limit_s", type=float, default=None, help="Per-job limit; default [queue] job_timeout_s.")
+@click.option("--worker_name", default=None, help="Name in `duet queue workers`; default host-pid.")
+@click.option("--check", is_flag=True, help="Only check that the preset's weight files exist; say what would load.")
+def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, t5_fsdp, dit_fsdp, frame_num, sample_shift,
+         offload_model, collective_timeout_s, time_limit_s, worker_name, check) -> None:  # fmt: skip
+    """Serve the render queue until drained or stopped (run it under torchrun; see run_engine.sh)."""
+    try:
+        settings = load_settings(config_path)
+    except DuetError as exc:
+        raise click.ClickException(exc.user_message) from None
+    if check:
+        sys.exit(check_weights(settings, preset, weights_dir))
+    if frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
+        raise click.BadParameter("must be 4n+1 and at least 5", param_hint="--frame_num")
+    if t5_fsdp or dit_fsdp:
+        raise click.UsageError("--t5_fsdp / --dit_fsdp are not supported by this engine yet")
+    if ring_size != 1:
+        raise click.UsageError("--ring_size > 1 needs the xfuser backend, which this engine does not ship yet")
+    options = ServeOptions(
+        config_path=config_path, preset=preset, weights_dir=weights_dir, once=once,
+        parallel=ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, t5_fsdp=t5_fsdp, dit_fsdp=dit_fsdp,
+                                collective_timeout_s=collective_timeout_s),
+        frame_num=frame_num, sample_shift=sample_shift, offload_model=offload_model, time_limit_s=time_limit_s,
+        worker_name=worker_name,
+    )  # fmt: skip
+    sys.exit(serve(options))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Start the Duet render service: one torchrun group of `engine.serve` (one process per GPU), kept alive by
+# `engine.supervisor` (restarts after a crash, requeues the current job on SIGTERM, pauses claiming when jobs
+# keep crashing). Models load once; the service then serves the queue until drained or stopped.
+#
+#   ./run_engine.sh [--gpus N] [--config FILE] [engine.serve options…]
+#
+#   --gpus N      processes (default: every visible GPU; on a machine without CUDA, 1 process on the CPU, gloo)
+#   --config FILE bot_config.toml to use (default: $DUET_CONFIG, else ./bot_config.toml)
+#   everything else goes to `python -m engine.serve` (see `python -m engine.serve --help`), e.g.
+#     --preset tiny             random weights, runs on the CPU, renders noise (for trying the path end to end)
+#     --once                    serve one job, then exit
+#     --ulysses_size N          sequence parallelism over N GPUs (default: --gpus when N > 1)
+#     --offload_model true      keep T5 on the CPU
+#
+# Stop: SIGTERM (systemd stop, Ctrl-C) requeues the current job without charging an attempt and exits within
+# 40 s. Finish the current job, then stop: `duet queue workers --drain`. Set systemd's TimeoutStopSec ≥ 45 s and
+# KillMode=mixed, so that only this script receives the signal (torchrun then stops the ranks in order).
+#
+# NCCL settings (export them before starting; the defaults are right on a healthy NVLink host):
+#   NCCL_P2P_DISABLE=1 NCCL_IB_DISABLE=1   the known fix for multi-GPU runs that hang at start on some PCIe hosts
+#                                          and in containers without peer access (slower; use only if it hangs)
+#   NCCL_NVLS_ENABLE=0                     NVLink multicast (SHARP) off: it has hung on some drivers
+#   NCCL_DEBUG=INFO                        print the topology and transport NCCL chose (first thing to look at)
+#   NCCL_SOCKET_IFNAME=eth0                which network interface to use when several exist
+#   TORCH_NCCL_ASYNC_ERROR_HANDLING=3      (the default) a collective that times out tears the process down, so
+#                                          the supervisor restarts the group instead of it hanging forever; the
+#                                          timeout is --collective_timeout_s (idle ranks wait on gloo, not NCCL)
+#   TORCH_NCCL_DUMP_ON_TIMEOUT=1 TORCH_NCCL_TRACE_BUFFER_SIZE=2000   flight-recorder dump when that happens
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python}"
+GPUS=""
+CONFIG="${DUET_CONFIG:-}"
+SERVE_ARGS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --gpus) GPUS="$2"; shift 2 ;;
+    --gpus=*) GPUS="${1#*=}"; shift ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    --config=*) CONFIG="${1#*=}"; shift ;;
+    *) SERVE_ARGS+=("$1"); shift ;;
+  esac
+done
+CONFIG_ARGS=()
+if [[ -n "$CONFIG" ]]; then CONFIG_ARGS=(--config "$CONFIG"); fi
+
+if [[ -z "$GPUS" ]]; then
+  GPUS="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')"
+  if [[ "$GPUS" == "0" ]]; then
+    echo "run_engine.sh: no CUDA device visible: one process on the CPU (gloo)" >&2
+    GPUS=1
+  fi
+fi
+if [[ "$GPUS" -gt 1 ]] && [[ ! " ${SERVE_ARGS[*]-} " =~ " --ulysses_size" ]]; then
+  SERVE_ARGS+=(--ulysses_size "$GPUS")
+fi
+
+# Refuse before anything loads when weights are missing (names the files), and say what will be loaded.
+"$PYTHON" -m engine.serve "${CONFIG_ARGS[@]}" "${SERVE_ARGS[@]}" --check
+
+echo "run_engine.sh: starting $GPUS process(es) at $(date -u +%FT%TZ)" >&2
+exec "$PYTHON" -m engine.supervisor "${CONFIG_ARGS[@]}" -- \
+  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" --max-restarts=0 \
+  -m engine.serve "${CONFIG_ARGS[@]}" "${SERVE_ARGS[@]}"
