@@ -84,6 +84,13 @@ class SequenceShard:
         """All ranks' tokens of `x`, concatenated along `dim` in sequence order."""
         return x
 
+    def gather_prefix(self, x: torch.Tensor, dim: int, count: int) -> torch.Tensor:
+        """The sequence's first `count` tokens of `x` (e.g. latent frame 0's keys), whichever ranks hold them.
+
+        Correct for any shard through `gather_tokens`; a distributed shard overrides it to move only those tokens.
+        """
+        return self.gather_tokens(x, dim).narrow(dim, 0, count)
+
     def global_min(self, x: torch.Tensor) -> torch.Tensor:
         """Elementwise min of `x` over the ranks."""
         return x
@@ -277,7 +284,7 @@ class WanSelfAttention(nn.Module):
         if cond.num_speakers == 1:
             return out, None  # the map only steers L-RoPE, which a single speaker does not use
         with torch.no_grad():
-            ref_keys = cond.shard.gather_tokens(k, dim=2)[:, :, : cond.tokens_per_frame]  # latent frame 0
+            ref_keys = cond.shard.gather_prefix(k, dim=2, count=cond.tokens_per_frame)  # latent frame 0
             ref_map = reference_attention_map(q, ref_keys, cond.token_masks, backend=self.local_attention_backend)
         return out, ref_map
 

@@ -53,6 +53,22 @@ class DistributedShard(SequenceShard):
         dist.all_gather(pieces, padded, group=self.group)
         return torch.cat([piece.narrow(dim, 0, size) for piece, size in zip(pieces, self.sizes)], dim=dim)
 
+    def gather_prefix(self, x: torch.Tensor, dim: int, count: int) -> torch.Tensor:
+        # Only the ranks holding tokens [0, count) send, and only those tokens: at 960×960 frame 0 is 3,600 of
+        # 75,600 tokens, so this moves ~5 % of what gathering every key and slicing would (the reference does that).
+        pieces, start = [], 0
+        for rank, size in enumerate(self.sizes):
+            take = max(0, min(count, start + size) - start)
+            start += size
+            if take == 0:
+                continue
+            shape = list(x.shape)
+            shape[dim] = take
+            piece = x.narrow(dim, 0, take).contiguous() if rank == self.rank else x.new_empty(shape)
+            dist.broadcast(piece, src=dist.get_global_rank(self.group, rank), group=self.group)
+            pieces.append(piece)
+        return torch.cat(pieces, dim=dim)
+
     def global_min(self, x: torch.Tensor) -> torch.Tensor:
         return self._reduce(x, dist.ReduceOp.MIN)
 
