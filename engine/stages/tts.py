@@ -231,11 +231,21 @@ def _non_persistent_buffers(module: torch.nn.Module) -> set[str]:
             for name in sub._non_persistent_buffers_set}  # fmt: skip
 
 
+def _identity_norm_keys(module: torch.nn.Module) -> set[str]:
+    """Affine parameters of instance norms, which Kokoro's checkpoint may omit (see `_load_kokoro_weights`)."""
+    return {f"{name}.{parameter}" for name, sub in module.named_modules() if isinstance(sub, torch.nn.InstanceNorm1d)
+            for parameter in ("weight", "bias")}  # fmt: skip
+
+
 def _load_kokoro_weights(model: torch.nn.Module, path: Path) -> None:
     """Fill `model` from kokoro's checkpoint: `{part: state_dict}` with DataParallel's `module.` prefixes.
 
-    Keys of buffers the model does not persist (ALBERT's `position_ids`, which older transformers saved) are
-    ignored; any other missing, unexpected or misshapen key raises `WeightsError` naming it.
+    Two deviations from an exact match are expected and handled: keys of buffers the model does not persist
+    (ALBERT's `position_ids`, which older transformers saved) are ignored, and instance-norm affine parameters
+    the file lacks are set to the identity. kokoro builds its AdaIN norms with `affine=True` only to work
+    around an ONNX export bug; the model was trained without them, and the published file has none for the
+    prosody predictor (hexgrad/kokoro#175). Any other missing, unexpected or misshapen key raises
+    `WeightsError` naming it.
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     parts = {name for name, _ in model.named_children()}
@@ -250,10 +260,14 @@ def _load_kokoro_weights(model: torch.nn.Module, path: Path) -> None:
             result = part.load_state_dict(state, strict=False)
         except RuntimeError as error:  # a shape mismatch
             raise WeightsError(f"{path}: {name}: {error}") from error
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(
-                f"{path}: {name}: missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]}"
-            )
+        identity = _identity_norm_keys(part)
+        missing = [key for key in result.missing_keys if key not in identity]
+        if missing or result.unexpected_keys:
+            unexpected = result.unexpected_keys
+            raise WeightsError(f"{path}: {name}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        with torch.no_grad():
+            for key in result.missing_keys:  # only identity-norm keys are left
+                part.get_parameter(key).fill_(1.0 if key.endswith("weight") else 0.0)
 
 
 class VoicePacks:

@@ -162,6 +162,10 @@ def _write_kokoro_folder(root: Path, tts: KokoroTTS, voices: tuple[str, ...]) ->
                   for name, part in tts.model.named_children()}  # fmt: skip
     # transformers before 4.31 saved ALBERT's position ids; later versions keep them out of the state dict.
     checkpoint["bert"]["module.embeddings.position_ids"] = torch.arange(MAX_PHONEMES + 2).unsqueeze(0)
+    # The published file has no affine parameters for the prosody predictor's AdaIN instance norms.
+    checkpoint["predictor"] = {key: value for key, value in checkpoint["predictor"].items()
+                               if not (".norm1.norm." in key or ".norm2.norm." in key)}  # fmt: skip
+    assert len(checkpoint["predictor"]) < len(tts.model.predictor.state_dict())
     torch.save(checkpoint, folder / "kokoro-v1_0.pth")
     for voice in voices:
         torch.save(tts.voices[voice].cpu(), folder / "voices" / f"{voice}.pt")
@@ -198,7 +202,7 @@ class _TwoParts(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.encoder = torch.nn.Linear(3, 2)
-        self.decoder = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.InstanceNorm1d(2, affine=True))
         self.decoder.register_buffer("positions", torch.arange(4), persistent=False)
 
 
@@ -220,10 +224,13 @@ def test_checkpoint_loading_refuses_anything_but_an_exact_fit(tmp_path, damage, 
     source, target = _TwoParts(), _TwoParts()
     checkpoint = _checkpoint(source)
     checkpoint["decoder"]["module.positions"] = torch.arange(4)  # a non-persistent buffer: tolerated
+    del checkpoint["decoder"]["module.1.weight"], checkpoint["decoder"]["module.1.bias"]  # norm affine: identity
     path = tmp_path / "kokoro-v1_0.pth"
     torch.save(checkpoint, path)
+    torch.nn.init.normal_(target.decoder[1].weight)
     _load_kokoro_weights(target, path)
     assert torch.equal(target.encoder.weight, source.encoder.weight)
+    assert torch.equal(target.decoder[1].weight, torch.ones(2)) and torch.equal(target.decoder[1].bias, torch.zeros(2))
 
     damage(checkpoint)
     torch.save(checkpoint, path)
