@@ -258,11 +258,18 @@ def talk_conversation() -> ConversationHandler:
                 CallbackQueryHandler(edit, pattern=rf"^duet:draft:{Verb.EDIT.value}:"),
             ],
             states={
-                Step.CONSENT: [CallbackQueryHandler(accept_consent, pattern=r"^duet:consent:accept:-$")],
+                Step.CONSENT: [
+                    CallbackQueryHandler(accept_consent, pattern=r"^duet:consent:accept:-$"),
+                    _ask_again("consent.required"),
+                ],
                 Step.PHOTO_A: [MessageHandler(PHOTO_INPUT, photo_a), _ask_again("ask.photo_again", photo="A")],
                 Step.PHOTO_B: [MessageHandler(PHOTO_INPUT, photo_b), _ask_again("ask.photo_again", photo="B")],
                 Step.SCRIPT: [MessageHandler(SCRIPT_INPUT, script), _ask_again("ask.script_again")],
-                Step.SCENE: [MessageHandler(filters.TEXT & ~filters.COMMAND, scene), CommandHandler("skip", scene)],
+                Step.SCENE: [
+                    MessageHandler(filters.TEXT & ~filters.COMMAND, scene),
+                    CommandHandler("skip", scene),
+                    _ask_again("ask.scene"),
+                ],
                 Step.VOICE_A: [CallbackQueryHandler(voice_a, pattern=r"^duet:voice:A:")],
                 Step.VOICE_B: [CallbackQueryHandler(voice_b, pattern=r"^duet:voice:B:")],
             },

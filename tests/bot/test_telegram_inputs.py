@@ -127,6 +127,10 @@ async def test_each_bad_script_is_refused_clearly_and_the_photos_are_kept(chat: 
     await chat.bot_says("Please send the dialogue as text")
     fake.send_text(SCRIPT)
     await chat.bot_says("Describe the scene")
+    fake.send_photo(FileRef(PHOTO_B))  # a photo where the scene is expected: asked again
+    await chat.bot_says("Describe the scene")
+    fake.send_command("skip")
+    await chat.bot_says("voice of A")
 
 
 async def test_text_instead_of_a_photo_is_asked_again_in_the_users_language(
