@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from bot.core.compose import prepare_portrait
 from bot.core.drafts import DraftNotFound, DraftState, DraftStore, PhotoSlot
 from bot.core.limits import script_limits
-from bot.core.photos import PhotoTooLargeError
+from bot.core.photos import NotAnImageError, PhotoTooLargeError
 from bot.core.preview import PreviewCard, build_preview
 from bot.core.script import Dialogue, decode_script_bytes, parse_script
 from bot.core.status import JobStatus, Throughput, load_status, measure_throughput
@@ -126,6 +126,13 @@ class BotService:
             raise PhotoTooLargeError(
                 photo=slot, size_mb=f"{size_bytes / 2**20:.1f}", limit_mb=f"{limit / 2**20:.1f}", admin_detail="by size"
             )
+
+    def check_announced_photo(self, size_bytes: int | None, content_type: str | None, slot: PhotoSlot) -> None:
+        """Refuse by what the platform announces (size, MIME type), before downloading anything. The
+        content decides in `add_photo`; a type here only refuses what is plainly not an image."""
+        self.check_photo_size(size_bytes, slot)
+        if content_type and not content_type.split(";")[0].strip().lower().startswith("image/"):
+            raise NotAnImageError(photo=slot, admin_detail=f"announced as {content_type}")
 
     async def add_photo(self, draft_id: str, slot: PhotoSlot, data: bytes) -> DraftState:
         """Check one photo as a person would hear about it (format, size, one face) and keep it."""

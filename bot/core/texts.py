@@ -179,6 +179,31 @@ TEXTS: Mapping[str, Mapping[Locale, str]] = {
         "en": "The photos of job {job_id} have been deleted (they are kept for a day). Send /talk to start again.",
         "zh": "任务 {job_id} 的照片已删除（只保留一天）。发送 /talk 重新开始。",
     },
+    # ---- forms and admin commands (Discord modals and slash commands) ----------------------------
+    "preview.below": {
+        "en": "Your preview is below: check it, then press Render.",
+        "zh": "预览见下方：确认后点“生成”。",
+    },
+    "modal.title": {"en": "Your dialogue", "zh": "你的对话"},
+    "modal.script_label": {"en": "Dialogue, one turn per line", "zh": "对话，每句一行"},
+    "modal.script_placeholder": {"en": "A: Hello!\nB: Hi there!", "zh": "A: 你好！\nB: 你好呀！"},
+    "admin.only": {"en": "Only Duet admins can do that.", "zh": "只有 Duet 管理员可以这样做。"},
+    "admin.paused": {
+        "en": "Paused: no new videos are accepted and engines start no new jobs.",
+        "zh": "已暂停：不再接受新的视频请求，渲染服务也不再开始新任务。",
+    },
+    "admin.resumed": {"en": "Resumed: the queue is open again.", "zh": "已恢复：队列重新开放。"},
+    "admin.stats": {
+        "en": "Queue: {queued} waiting, {running} working, {failed} failed (all time)\n"
+        "Done: {hour} in the last hour, {day} in the last day\n"
+        "Wait p50 {wait} · render p50 {render}\nIntake {intake} · engines {claims}",
+        "zh": "队列：{queued} 个排队，{running} 个制作中，累计失败 {failed} 个\n"
+        "完成：最近一小时 {hour} 个，最近一天 {day} 个\n"
+        "等待中位数 {wait} · 渲染中位数 {render}\n接收 {intake} · 渲染 {claims}",
+    },
+    "admin.open": {"en": "open", "zh": "开放"},
+    "admin.closed": {"en": "paused", "zh": "暂停"},
+    "admin.unknown": {"en": "n/a", "zh": "暂无"},
     # ---- refusals of the queue (SubmitRefused.reason) ---------------------------------------------
     "refused.paused": {
         "en": "Duet is not taking new videos right now. Please try again later.",

@@ -8,7 +8,7 @@ reads with `data[...]` must be present (e.g. member `flags`, interaction
 
 from __future__ import annotations
 
-import itertools
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,15 +35,20 @@ CHANNEL_GUILD_TEXT = 0
 CHANNEL_DM = 1
 
 
+DISCORD_EPOCH_MS = 1_420_070_400_000
+
+
 class SnowflakeFactory:
-    """Increasing ids above Discord's epoch offset, so `created_at` of fake objects is sane."""
+    """Increasing ids that encode the time they were made, as Discord's do: a bot may read a message's
+    age from its id (e.g. to stop editing status messages older than an hour)."""
 
     def __init__(self) -> None:
-        self._counter = itertools.count(1)
+        self._last = 0
 
     def __call__(self) -> str:
-        # 1_300_000_000_000_000_000 ≈ 2024; low bits give each object a distinct id.
-        return str(1_300_000_000_000_000_000 + next(self._counter))
+        now = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
+        self._last = max(self._last + 1, now)  # the low 22 bits keep ids of one millisecond distinct
+        return str(self._last)
 
 
 def timestamp_now() -> str:

@@ -503,6 +503,8 @@ class FakeDiscord(LoopbackServer):
             return channel
         data, files = request[PARAMS], request[FILES]
         reference = data.get("message_reference")
+        if reference is not None:  # snowflakes may be sent as numbers; Discord answers with strings
+            reference = {k: str(v) if k.endswith("_id") and v is not None else v for k, v in reference.items()}
         if reference is not None and reference.get("message_id") not in self.messages:
             return discord_error(400, 50035, "Invalid Form Body: unknown message_reference")
         return json_response(self.store.create(channel, data, files, flags=data.get("flags", 0), reference=reference))
