@@ -20,19 +20,21 @@ Errors a caller handles: `bot.core.errors.InputError` (what the user sent; `.mes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from bot.core.compose import prepare_portrait
 from bot.core.drafts import DraftNotFound, DraftState, DraftStore, PhotoSlot
 from bot.core.limits import script_limits
-from bot.core.photos import NotAnImageError, PhotoTooLargeError
+from bot.core.photos import PhotoTooLargeError
 from bot.core.preview import PreviewCard, build_preview
 from bot.core.script import Dialogue, decode_script_bytes, parse_script
 from bot.core.status import JobStatus, Throughput, load_status, measure_throughput
-from bot.core.submit import enqueue, photo_limits, prepare
+from bot.core.submit import Prepared, enqueue, photo_limits, prepare
 from storage import admin
 from storage.contract import ACTIVE_STATES, Requester, owner_key
 from storage.errors import DuetError, JobNotFound, MediaError
@@ -40,6 +42,7 @@ from storage.media import MediaStore
 from storage.queue import JobQueue, JobRecord
 from storage.settings import Settings
 
+PREPARED_CACHE_SIZE = 8
 _COPIED_ROLES = ("photo_a", "photo_b", "frame")  # what a spec's inputs reference
 
 
@@ -93,6 +96,7 @@ class BotService:
         self._throughput = Throughput()
         self._throughput_ttl_s = throughput_ttl_s
         self._throughput_lock = asyncio.Lock()
+        self._prepared: OrderedDict[str, tuple[float, Prepared]] = OrderedDict()  # draft id -> (version, result)
 
     # ---- who -----------------------------------------------------------------------------------------
 
@@ -127,13 +131,6 @@ class BotService:
                 photo=slot, size_mb=f"{size_bytes / 2**20:.1f}", limit_mb=f"{limit / 2**20:.1f}", admin_detail="by size"
             )
 
-    def check_announced_photo(self, size_bytes: int | None, content_type: str | None, slot: PhotoSlot) -> None:
-        """Refuse by what the platform announces (size, MIME type), before downloading anything. The
-        content decides in `add_photo`; a type here only refuses what is plainly not an image."""
-        self.check_photo_size(size_bytes, slot)
-        if content_type and not content_type.split(";")[0].strip().lower().startswith("image/"):
-            raise NotAnImageError(photo=slot, admin_detail=f"announced as {content_type}")
-
     async def add_photo(self, draft_id: str, slot: PhotoSlot, data: bytes) -> DraftState:
         """Check one photo as a person would hear about it (format, size, one face) and keep it."""
         self.check_photo_size(len(data), slot)
@@ -159,11 +156,23 @@ class BotService:
     async def update_draft(self, draft_id: str, **fields) -> DraftState:
         return await self.drafts.update(draft_id, **fields)
 
+    async def _prepare(self, state: DraftState, *, idempotency_key: str | None = None) -> Prepared:
+        """`prepare` of the draft, reused while the draft is unchanged, so that Render after a preview does
+        not decode and compose again. Only a few recent drafts are kept: a Prepared holds decoded images."""
+        cached = self._prepared.get(state.id)
+        if cached is None or cached[0] != state.updated_at:
+            draft = await self.drafts.to_draft(state)
+            cached = (state.updated_at, await asyncio.to_thread(prepare, draft, self.settings))
+            self._prepared[state.id] = cached
+            while len(self._prepared) > PREPARED_CACHE_SIZE:
+                self._prepared.popitem(last=False)
+        self._prepared.move_to_end(state.id)
+        prepared = cached[1]
+        return dataclasses.replace(prepared, draft=dataclasses.replace(prepared.draft, idempotency_key=idempotency_key))
+
     async def preview(self, draft_id: str) -> PreviewCard:
         """Check everything together (voices against the script's language too) and draw the card."""
-        state = await self.drafts.get(draft_id)
-        draft = await self.drafts.to_draft(state)
-        prepared = await asyncio.to_thread(prepare, draft, self.settings)
+        prepared = await self._prepare(await self.drafts.get(draft_id))
         throughput = await self.throughput()
         return await asyncio.to_thread(
             build_preview, prepared, draft_id, throughput, jobs_ahead=throughput.queued_jobs
@@ -179,9 +188,7 @@ class BotService:
         state = await self.draft(draft_id, actor)
         if not await self.has_consent(actor):
             raise ConsentRequired()
-        key = f"{actor.platform}:draft:{draft_id}"
-        draft = await self.drafts.to_draft(state, idempotency_key=key)
-        prepared = await asyncio.to_thread(prepare, draft, self.settings)
+        prepared = await self._prepare(state, idempotency_key=f"{actor.platform}:draft:{draft_id}")
         submitted = await enqueue(prepared, self.queue, self.media)
         return await self._submission(submitted.job_id, submitted.created)
 
