@@ -7,17 +7,15 @@ then answered — with an alert when the button is someone else's — and only t
 
 from __future__ import annotations
 
-import datetime as dt
-
 from telegram import Update
 from telegram.ext import CallbackQueryHandler, CommandHandler
 
 from bot.core.actions import Action, Verb, parse_action
 from bot.core.drafts import DraftNotFound
 from bot.core.service import ConsentRequired
-from bot.core.status import status_actions, status_text
+from bot.core.answers import cancel_text, jobs_text, show_actions, voices_text
+from bot.core.status import status_text
 from bot.core.texts import text
-from bot.core.voices import list_voices
 from bot.telegram.replies import (
     Context,
     actor_of,
@@ -30,7 +28,6 @@ from bot.telegram.replies import (
     send_preview,
     service_of,
 )
-from storage.contract import JobState
 from storage.errors import JobNotFound
 
 
@@ -45,16 +42,8 @@ async def help_command(update: Update, context: Context) -> None:
 @answer_errors
 async def jobs(update: Update, context: Context) -> None:
     """/jobs: the user's ten newest videos with their state."""
-    locale = locale_of(update)
     records = await service_of(context).list_jobs(actor_of(update), limit=10)
-    if not records:
-        await reply(update, text("jobs.none", locale))
-        return
-    lines = [text("jobs.header", locale)]
-    for job in records:
-        created = dt.datetime.fromtimestamp(job.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        lines.append(text("jobs.line", locale, job_id=job.id, state=text(f"state.{job.state}", locale), created=created))
-    await reply(update, "\n".join(lines))
+    await reply(update, jobs_text(records, locale_of(update)))
 
 
 @answer_errors
@@ -67,12 +56,7 @@ async def show(update: Update, context: Context) -> None:
     service = service_of(context)
     job = await service.job(context.args[0], actor_of(update))
     status = await service.status(job)
-    actions = status_actions(status) or ((Action(Verb.REROLL, job.id),) if job.state == JobState.SUCCEEDED else ())
-    await reply(update, status_text(status, locale), actions)
-
-
-def _cancel_reply(job_id: str, state: JobState, locale: str) -> str:
-    return text("cancel.done" if state == JobState.CANCELLED else "cancel.requested", locale, job_id=job_id)
+    await reply(update, status_text(status, locale), show_actions(status))
 
 
 @answer_errors
@@ -85,13 +69,11 @@ async def cancel(update: Update, context: Context) -> None:
     if status is None:
         await reply(update, text("cancel.none", locale))
         return
-    await reply(update, _cancel_reply(status.job_id, status.state, locale))
+    await reply(update, cancel_text(status, locale))
 
 
 async def voices(update: Update, context: Context) -> None:
-    locale = locale_of(update)
-    lines = [text("voices.header", locale)] + [f"{v.id} — {v.label(locale)}" for v in list_voices()]
-    await reply(update, "\n".join(lines))
+    await reply(update, voices_text(locale_of(update)))
 
 
 # ---- buttons ------------------------------------------------------------------------------------
@@ -139,7 +121,7 @@ async def _discard(update: Update, context: Context, action: Action) -> None:
 
 async def _cancel_job(update: Update, context: Context, action: Action) -> None:
     status = await service_of(context).cancel(action.target, actor_of(update))
-    await reply(update, _cancel_reply(status.job_id, status.state, locale_of(update)))
+    await reply(update, cancel_text(status, locale_of(update)))
 
 
 async def _reroll(update: Update, context: Context, action: Action) -> None:
