@@ -137,7 +137,8 @@ async def run_bots(settings: Settings, secrets: Secrets, *, stop: asyncio.Event 
     metrics = DeliveryMetrics()
     signer = None
     if secrets.link_secret is not None:
-        signer = LinkSigner(secrets.link_secret.get_secret_value().encode(), settings.http.public_base_url, settings.http.link_ttl_s)
+        secret = secrets.link_secret.get_secret_value().encode()
+        signer = LinkSigner(secret, settings.http.public_base_url, settings.http.link_ttl_s)
     else:
         log.warning("DUET_LINK_SECRET is not set: videos too large for a chat cannot be sent as links")
     runner = web.AppRunner(build_http_app(services.queue, services.media, metrics, signer))

@@ -295,7 +295,8 @@ class DeliveryWatcher:
             hours = max(1, round(self.link_signer.ttl_s / 3600))
             body = text("result.link", locale, mention=mention, size=size, hours=hours, url=url)
             return await self.port.send_text(job, body, reroll)
-        return await self.port.send_text(job, text("result.too_large", locale, mention=mention, size=size, job_id=job.id), ())
+        body = text("result.too_large", locale, mention=mention, size=size, job_id=job.id)
+        return await self.port.send_text(job, body, ())
 
     async def _fitting_video(self, job: JobRecord, result: JobResult) -> VideoFile | None:
         """The result if it fits the upload limit, else the fitted copy, else a re-encoded one, else None."""

@@ -127,7 +127,8 @@ def build_http_app(
 
     async def metrics_page(request: web.Request) -> web.Response:
         body = await render_metrics(queue, metrics)
-        return web.Response(text=body, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        headers = {"X-Content-Type-Options": "nosniff"}
+        return web.Response(text=body, content_type="text/plain", charset="utf-8", headers=headers)
 
     async def download(request: web.Request) -> web.StreamResponse:
         if signer is None:

@@ -11,9 +11,9 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler, CommandHandler
 
 from bot.core.actions import Action, Verb, parse_action
+from bot.core.answers import cancel_text, jobs_text, show_actions, voices_text
 from bot.core.drafts import DraftNotFound
 from bot.core.service import ConsentRequired
-from bot.core.answers import cancel_text, jobs_text, show_actions, voices_text
 from bot.core.status import status_text
 from bot.core.texts import text
 from bot.telegram.replies import (

@@ -156,8 +156,7 @@ async def script(update: Update, context: Context) -> Step | None:
 def _voice_keyboard(speaker: str, locale: str) -> InlineKeyboardMarkup:
     voices = {voice.id: voice for voice in list_voices()}
     buttons = [
-        InlineKeyboardButton(voices[v].label(locale).split(" (")[0].split("（")[0], callback_data=f"duet:voice:{speaker}:{v}")
-        for v in VOICE_CHOICES
+        InlineKeyboardButton(voices[v].display_name, callback_data=f"duet:voice:{speaker}:{v}") for v in VOICE_CHOICES
     ]
     auto = InlineKeyboardButton(text("button.voice_auto", locale), callback_data=f"duet:voice:{speaker}:auto")
     return InlineKeyboardMarkup([buttons[:3], buttons[3:], [auto]])

@@ -40,7 +40,10 @@ def make_mp4(seconds: float = 1.0, *, size: int = 96, fps: int = 10, noisy: bool
         audio = out.add_stream("aac", rate=24_000)
         frames = int(seconds * fps)
         for index in range(frames):
-            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) if noisy else np.full((size, size, 3), index * 7 % 255, np.uint8)
+            if noisy:
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            else:
+                pixels = np.full((size, size, 3), index * 7 % 255, np.uint8)
             out.mux(video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         out.mux(video.encode(None))
         samples = int(seconds * 24_000)
@@ -84,7 +87,9 @@ class FakeEngine:
     async def progress(self, job: JobRecord, token: str, stage: str, progress: float, detail: str | None = None) -> bool:
         return await self.queue.progress(job.id, token, stage, progress, detail)
 
-    async def complete(self, job: JobRecord, token: str, mp4: bytes, *, fitted: bytes | None = None, seconds: float = 1.0) -> None:
+    async def complete(
+        self, job: JobRecord, token: str, mp4: bytes, *, fitted: bytes | None = None, seconds: float = 1.0
+    ) -> None:
         video = await self.media.put(job.id, "result", mp4)
         fitted_ref = await self.media.put(job.id, "result_fitted", fitted) if fitted is not None else None
         result = JobResult(video=video, fitted_video=fitted_ref, duration_s=seconds, width=96, height=96)

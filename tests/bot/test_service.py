@@ -65,9 +65,12 @@ async def test_someone_elses_draft_and_job_are_not_found(service: BotService) ->
         await service.discard_draft(draft_id, BOB)
     await service.record_consent(ALICE)
     job_id = (await service.submit_draft(draft_id, ALICE)).job_id
-    for attempt in (service.cancel(job_id, BOB), service.job(job_id, BOB), service.reroll(job_id, BOB, requester(BOB), idempotency_key="k")):
-        with pytest.raises(JobNotFound):
-            await attempt
+    with pytest.raises(JobNotFound):
+        await service.cancel(job_id, BOB)
+    with pytest.raises(JobNotFound):
+        await service.job(job_id, BOB)
+    with pytest.raises(JobNotFound):
+        await service.reroll(job_id, BOB, requester(BOB), idempotency_key="k")
     with pytest.raises(JobNotFound):
         await service.job("' OR 1=1 --", ALICE)
     assert (await service.queue.get(job_id)).state == JobState.QUEUED
@@ -94,7 +97,8 @@ async def test_queue_refusals_reach_the_user_in_their_language(service: BotServi
     assert refused.value.reason == "user_limit"
     assert "already have" in error_text(refused.value, "en")
     assert "已达上限" in error_text(refused.value, "zh-hans")
-    assert error_text(SubmitRefused("cooldown", "Please wait 7 s before your next video."), "en").endswith("7 s before your next video.")
+    cooldown = SubmitRefused("cooldown", "Please wait 7 s before your next video.")
+    assert error_text(cooldown, "en").endswith("7 s before your next video.")
     assert "稍等" in error_text(SubmitRefused("cooldown", "Please wait 7 s."), "zh")
 
 

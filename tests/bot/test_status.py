@@ -45,7 +45,8 @@ def test_overall_progress_counts_finished_stages() -> None:
 
 def test_status_text_in_english_and_chinese() -> None:
     queued = status(JobState.QUEUED, position=3, eta_s=630)
-    assert status_text(queued, "en").splitlines() == ["Queued — position 3", progress_bar(0), "ready in about 10 min", "Job J1"]
+    expected = ["Queued — position 3", progress_bar(0), "ready in about 10 min", "Job J1"]
+    assert status_text(queued, "en").splitlines() == expected
     assert status_text(queued, "zh-CN").splitlines()[0] == "排队中 — 第 3 位"
     assert "10 分钟" in status_text(queued, "zh")
     running = status(JobState.RUNNING, stage="render", progress=0.25, detail="10/40", eta_s=45)
@@ -81,7 +82,8 @@ def test_button_ids_round_trip_fit_telegram_and_reject_strangers() -> None:
     for action in (*preview_actions("9" * 32), Action(Verb.CANCEL, job), Action(Verb.REROLL, job), Action(Verb.ACCEPT, "-")):
         assert parse_action(action.custom_id) == action
         assert len(action.custom_id.encode()) <= 64  # Telegram callback_data
-    for stranger in ("duet:job:render:x", "duet:draft:cancel:x", "duet:job:explode:x", "other:job:cancel:x", "duet:job:cancel:../../x", ""):
+    strangers = ("duet:job:render:x", "duet:draft:cancel:x", "duet:job:explode:x", "other:job:cancel:x", "duet:job:cancel:../../x")
+    for stranger in (*strangers, ""):
         assert parse_action(stranger) is None, stranger
 
 

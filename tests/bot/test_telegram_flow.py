@@ -69,6 +69,10 @@ async def render(chat: TelegramChat, preview: dict, service: BotService) -> tupl
     return job_id, chat.message(status)
 
 
+def alert(call) -> bool:
+    return call.route == "answerCallbackQuery" and bool(call.params.get("show_alert"))
+
+
 def sent_job_id(body: str) -> str:
     return body.rsplit("Job ", 1)[1].split()[0]
 
@@ -186,7 +190,7 @@ async def test_someone_elses_job_cannot_be_cancelled(fake_telegram: FakeTelegram
         fake_telegram.send_command("cancel", "' OR 1=1 --", user=mallory)
         await TelegramChat(fake_telegram, mallory).bot_says("No job '")
         query = chat.press(status, "duet:job:cancel:", user=mallory)
-        answer = await fake_telegram.wait_for_call(lambda c: c.route == "answerCallbackQuery" and c.params.get("show_alert"))
+        answer = await fake_telegram.wait_for_call(alert)
 
     assert query.startswith("duet:job:cancel:")
     assert "Only the person" in answer.params["text"]
@@ -237,7 +241,7 @@ async def test_restart_mid_job_resumes_the_status_message_and_delivers_once(
         resumed = await chat.bot_says("30/40", route="editMessageText")
         assert resumed.params["message_id"] == status["message_id"]
         chat.press(status, "duet:job:cancel:", user=mallory)  # the old message's button still answers
-        await fake_telegram.wait_for_call(lambda c: c.route == "answerCallbackQuery" and c.params.get("show_alert"))
+        await fake_telegram.wait_for_call(alert)
         await engine.complete(claimed, token, make_mp4(0.5))
         await watcher.tick()
         await watcher.tick()

@@ -53,12 +53,16 @@ def no_face() -> bytes:
     return encode(Image.fromarray(rng.integers(90, 160, (600, 600, 3), dtype=np.uint8)), "JPEG")
 
 
+def png_file(image: Image.Image, name: str) -> FileRef:
+    return FileRef(encode(image, "PNG"), mime_type="image/png", file_name=name)
+
+
 BAD_PHOTOS = {
     "html named .jpg": (FileRef(b"<!doctype html><html>not a photo</html>" * 20, file_name="photo.jpg"), "SVG/HTML file"),
     "random bytes named .jpg": (FileRef(bytes(range(256)) * 40, file_name="photo.jpg"), "not an image file"),
-    "decompression bomb": (FileRef(encode(Image.new("1", (10_000, 10_000)), "PNG"), mime_type="image/png", file_name="bomb.png"), "megapixels"),
+    "decompression bomb": (png_file(Image.new("1", (10_000, 10_000)), "bomb.png"), "megapixels"),
     "animated gif": (FileRef(animated_gif(), mime_type="image/gif", file_name="wave.gif"), "GIF"),
-    "16x16": (FileRef(encode(Image.new("RGB", (16, 16), "white"), "PNG"), mime_type="image/png", file_name="tiny.png"), "16×16"),
+    "16x16": (png_file(Image.new("RGB", (16, 16), "white"), "tiny.png"), "16×16"),
     "no face": (FileRef(no_face(), file_name="wall.jpg"), "No face was found in photo A"),
     "three faces": (FileRef(three_faces(), mime_type="image/png", file_name="group.png"), "3 faces"),
 }
