@@ -231,3 +231,11 @@ async def test_telegram_flood_limit_on_the_upload_is_waited_out(tmp_path, fake_t
     assert sent.at_s - limited.at_s >= 1.0
     assert (await service.queue.get(job_id)).delivery_state == "delivered"
     await service.queue.db.dispose()
+
+
+def test_edit_policies_follow_each_platforms_limits() -> None:
+    settings = Settings()
+    telegram, discord = EditPolicy.telegram(settings.telegram), EditPolicy.discord(settings.discord)
+    assert (telegram.min_interval_s(False), telegram.min_interval_s(True), telegram.fresh_message_after_s) == (1.0, 3.0, None)
+    assert discord.min_interval_s(False) == discord.min_interval_s(True) == 5.0
+    assert discord.fresh_message_after_s is not None and discord.fresh_message_after_s < 3600

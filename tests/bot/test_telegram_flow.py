@@ -311,3 +311,21 @@ async def test_jobs_show_and_voices(fake_telegram: FakeTelegram, service: BotSer
         fake_telegram.send_command("voices")
         voices = await chat.bot_says("af_heart")
         assert "zf_xiaoxiao" in voices.params["text"]
+
+
+async def test_a_failed_render_is_told_kindly_with_the_job_id(fake_telegram: FakeTelegram, service: BotService) -> None:
+    chat = TelegramChat(fake_telegram)
+    engine = FakeEngine(service)
+    async with running_bot(fake_telegram, service) as watcher:
+        job_id, status = await render(chat, await make_preview_with_album(chat), service)
+        claimed, token = await engine.claim()
+        await service.queue.fail(
+            claimed.id, token, error_user="The speech could not be made.", error_admin="kokoro: NaN", retryable=False
+        )
+        await watcher.tick()
+        told = await chat.bot_says("could not be made", route="editMessageText")
+
+    assert told.params["message_id"] == status["message_id"]
+    assert "The speech could not be made." in told.params["text"] and job_id in told.params["text"]
+    assert "kokoro" not in told.params["text"], "admin detail stays in the job"
+    assert not fake_telegram.calls("sendVideo")
