@@ -1,0 +1,144 @@
+"""Delivery on Discord through the real discord.py and the fake: results over the upload limit (fitted copy,
+signed link), a 429 waited out, and status messages that Discord would no longer let the bot edit."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import av
+
+import pytest
+from chat_helpers import PHOTO_A, PHOTO_B, FakeEngine, make_mp4, open_service
+from discord_helpers import ONE_LINE_SCRIPT, custom_ids, discord_settings, running_bot
+from fakes.discord_server import ROUTE_CREATE_MESSAGE, ROUTE_EDIT_MESSAGE, FakeDiscord
+from fakes.fixtures import fake_discord  # noqa: F401
+
+from bot.core.service import Actor, BotService
+from bot.delivery import EditPolicy
+from bot.http import LinkSigner
+from storage.contract import Requester
+
+MIB = 2**20
+
+
+@pytest.fixture
+async def service(tmp_path, fake_discord: FakeDiscord):
+    service = await open_service(tmp_path, discord_settings(fake_discord))
+    yield service
+    await service.queue.db.dispose()
+
+
+async def submit(service: BotService, fake: FakeDiscord) -> str:
+    """A job of the fake's user in the guild channel, submitted the way a Render press does."""
+    actor = Actor("discord", fake.user.id)
+    await service.record_consent(actor)
+    requester = Requester(platform="discord", user_id=fake.user.id, chat_id=fake.channel.id, guild_id=fake.guild.id)
+    draft = await service.start_draft(requester)
+    await service.add_photo(draft.id, "A", PHOTO_A)
+    await service.add_photo(draft.id, "B", PHOTO_B)
+    await service.set_script(draft.id, ONE_LINE_SCRIPT)
+    return (await service.submit_draft(draft.id, actor)).job_id
+
+
+def posts(fake: FakeDiscord, *, ok: bool = True) -> list:
+    return [c for c in fake.calls(ROUTE_CREATE_MESSAGE) if (c.status == 200) == ok]
+
+
+async def test_a_result_over_the_upload_limit_is_sent_as_the_fitted_copy(fake_discord: FakeDiscord, service: BotService) -> None:
+    job_id = await submit(service, fake_discord)
+    engine = FakeEngine(service)
+    fitted = make_mp4(0.5)
+    oversized = make_mp4(0.5) + bytes(11 * MIB)  # over the guild's 10 MiB
+    async with running_bot(fake_discord, service) as watcher:
+        job, token = await engine.claim()
+        await engine.complete(job, token, oversized, fitted=fitted)
+        await watcher.tick()
+
+    (video,) = [c for c in posts(fake_discord) if c.files]
+    assert video.file("files[0]").data == fitted
+    assert (await service.queue.get(job_id)).delivery_state == "delivered"
+    assert not posts(fake_discord, ok=False), "nothing was refused as too large"
+
+
+async def test_without_a_fitted_copy_one_is_encoded_to_fit(fake_discord: FakeDiscord, service: BotService) -> None:
+    job_id = await submit(service, fake_discord)
+    engine = FakeEngine(service)
+    async with running_bot(fake_discord, service) as watcher:
+        job, token = await engine.claim()
+        await engine.complete(job, token, make_mp4(0.5) + bytes(11 * MIB))  # a playable MP4, padded past the limit
+        await watcher.tick()
+
+    (video,) = [c for c in posts(fake_discord) if c.files]
+    sent = video.file("files[0]").data
+    assert len(sent) <= 10 * MIB and sent == service.media.path(job_id, "result_fitted").read_bytes()
+    assert av.open(io.BytesIO(sent)).streams.video[0].codec_context.name == "h264"
+
+
+async def test_without_a_copy_that_fits_a_signed_link_is_sent(fake_discord: FakeDiscord, service: BotService) -> None:
+    job_id = await submit(service, fake_discord)
+    engine = FakeEngine(service)
+    signer = LinkSigner(b"link-secret", "https://duet.example", 24 * 3600.0)
+    async with running_bot(fake_discord, service, link_signer=signer, reencode=False) as watcher:
+        job, token = await engine.claim()
+        await engine.complete(job, token, make_mp4(0.5) + bytes(11 * MIB))
+        await watcher.tick()
+
+    (link,) = [c for c in posts(fake_discord) if "too large" in c.params["content"]]
+    content = link.params["content"]
+    assert content.startswith(f"<@{fake_discord.user.id}> ") and "https://duet.example/v/" in content
+    assert "within 24 h" in content and "AI-generated" in content
+    assert signer.verify(content.split("/v/", 1)[1].split()[0]) == (job_id, "result")
+    assert not link.files
+    assert custom_ids(fake_discord.messages[(await service.queue.get(job_id)).delivered_message_id]) == [
+        f"duet:job:reroll:{job_id}"
+    ]
+
+
+async def test_a_rate_limited_delivery_is_retried_after_the_delay(fake_discord: FakeDiscord, service: BotService) -> None:
+    job_id = await submit(service, fake_discord)
+    engine = FakeEngine(service)
+    mp4 = make_mp4(0.5)
+    async with running_bot(fake_discord, service) as watcher:
+        job, token = await engine.claim()
+        await engine.complete(job, token, mp4)
+        await watcher.refresh_statuses()  # the final status first, so the 429 meets the video
+        fake_discord.rate_limit_next(ROUTE_CREATE_MESSAGE, retry_after_s=0.4)
+        await watcher.tick()
+
+    (limited,) = posts(fake_discord, ok=False)
+    (delivered,) = [c for c in posts(fake_discord) if c.files]
+    assert limited.status == 429 and limited.files, "the 429 met the upload"
+    assert delivered.at_s - limited.at_s >= 0.39
+    assert delivered.file("files[0]").data == mp4
+    assert (await service.queue.get(job_id)).delivery_state == "delivered"
+
+
+async def test_status_messages_discord_would_not_edit_are_posted_afresh(
+    fake_discord: FakeDiscord, service: BotService
+) -> None:
+    job_id = await submit(service, fake_discord)
+    engine = FakeEngine(service)
+    async with running_bot(fake_discord, service) as watcher:
+        port = watcher.port
+        port.policy = EditPolicy(0.0, 0.0, fresh_message_after_s=3300.0)  # no throttle: three edits in a row
+        first = await port.post_status(await service.queue.get(job_id), "Queued", ())
+        await service.attach_status_message(job_id, first)
+        job, token = await engine.claim()
+        await watcher.tick()
+        assert fake_discord.messages[first]["content"].startswith("Working"), "a fresh message is edited"
+
+        port.clock = lambda: time.time() + 3700  # type: ignore[attr-defined]  # an hour later
+        await engine.progress(job, token, "render", 0.5, "20/40")
+        await watcher.tick()
+        second = (await service.queue.get(job_id)).status_message_id
+        assert second not in (None, first) and "20/40" in fake_discord.messages[second]["content"]
+
+        port.clock = time.time  # type: ignore[attr-defined]
+        fake_discord.fail_route(ROUTE_EDIT_MESSAGE, 400, 30046, "Maximum number of edits to messages older than 1 hour reached.")
+        await engine.progress(job, token, "render", 0.9, "36/40")
+        await watcher.tick()
+        third = (await service.queue.get(job_id)).status_message_id
+
+    assert third not in (None, first, second) and "36/40" in fake_discord.messages[third]["content"]
+    assert [c.status for c in fake_discord.calls(ROUTE_EDIT_MESSAGE)] == [200, 400]
