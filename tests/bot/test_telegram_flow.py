@@ -246,12 +246,16 @@ async def test_restart_mid_job_resumes_the_status_message_and_delivers_once(
         await watcher.tick()
         await watcher.tick()
         await fake_telegram.wait_for_call("sendVideo")
+    video_message = fake_telegram.sent_messages()[-1]
     service = await restart(service)
     async with running_bot(fake_telegram, service) as watcher:
         await watcher.tick()
+        chat.press(video_message, "duet:job:reroll:")  # a button from before this restart, pressed by its owner
+        again = await chat.bot_says("Queued")
 
     assert len(fake_telegram.calls("sendVideo")) == 1
     assert (await service.queue.get(job_id)).delivery_state == "delivered"
+    assert (await service.queue.get(sent_job_id(again.params["text"]))).spec.reroll_of == job_id
 
 
 async def test_conversation_resumes_after_a_restart(fake_telegram: FakeTelegram, service: BotService) -> None:
