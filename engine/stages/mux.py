@@ -150,7 +150,11 @@ def mux_mp4(
     preset: str = "medium",
     audio_bitrate: int = DEFAULT_AUDIO_BITRATE,
 ) -> VideoInfo:
-    """uint8 frames [F, H, W, 3] + mono audio -> the MP4 at `path`, `F / fps` s long; returns what was written."""
+    """uint8 frames [F, H, W, 3] + mono audio -> the MP4 at `path`, `F / fps` s long; returns what was written.
+
+    The same frames do not always give the same bytes (x264's output differs between its first encode in a
+    process and later ones, and with threads); the frames, which the seed decides, are what is repeatable.
+    """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     path = Path(path)
