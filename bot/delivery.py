@@ -237,7 +237,8 @@ class DeliveryWatcher:
             try:
                 await self.port.edit_status(job, message_id, body, actions)
             except MessageGone:
-                await self._post_fresh(job, body, actions)
+                if not is_final:  # an ended job's message deleted by the user stays deleted
+                    await self._post_fresh(job, body, actions)
         self._shown[job.id] = _Shown(body, now)
         if is_final:
             self._finished.add(job.id)

@@ -123,10 +123,13 @@ async def test_an_old_or_deleted_status_message_is_replaced_by_a_fresh_one(servi
     first, second = await submit(service), await submit(service)
     await service.attach_status_message(first, "old")
     await service.attach_status_message(second, "deleted")
+    ended = await submit(service)
+    await service.queue.cancel(ended, actor=OWNER.owner_key)
+    await service.attach_status_message(ended, "deleted-too")
     port.ages["old"] = 3600.0
-    port.gone.add("deleted")
+    port.gone.update({"deleted", "deleted-too"})
     await watcher.tick()
-    assert len(port.posts) == 2 and not port.edits
+    assert len(port.posts) == 2 and not port.edits, "an ended job's deleted message is not posted again"
     ids = {(await service.queue.get(j)).status_message_id for j in (first, second)}
     assert ids == {m for m, _ in port.posts}, "the job rows now point at the fresh messages"
 
