@@ -80,6 +80,7 @@ class RankOutcome:
 
 def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGroups):
     """The render pipeline of this rank: the preset's models, wrapped for sequence parallelism when asked."""
+    from engine.parallel.fsdp import dit_blocks, shard_blocks, t5_blocks
     from engine.parallel.sequence import SequenceParallelDiT
     from engine.pipeline import RenderPipeline
     from engine.presets import Placement, get_preset
@@ -92,8 +93,17 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
     placement = Placement(device=str(groups.device), t5_device="cpu" if options.offload_model else None)
     weights_dir = options.weights_dir or settings.engine.weights_dir
     pipeline = RenderPipeline.from_preset(preset, weights_dir, placement=placement)  # type: ignore[arg-type]
+    if options.parallel.dit_fsdp:
+        shard_blocks(dit_blocks(pipeline.models.dit), groups)
+    if options.parallel.t5_fsdp:
+        shard_blocks(t5_blocks(pipeline.models.t5), groups)
     if options.parallel.sequence_parallel_size > 1:
-        parallel_dit = SequenceParallelDiT(pipeline.models.dit, groups.world)
+        backend = None
+        if options.parallel.backend == "xfuser":
+            from engine.parallel.xfuser_attention import XFuserAttention
+
+            backend = XFuserAttention(options.parallel, groups)
+        parallel_dit = SequenceParallelDiT(pipeline.models.dit, groups.world, attention_backend=backend)
         pipeline.make_velocity = lambda dit, teacache: DiTVelocity(parallel_dit, teacache)  # type: ignore[arg-type]
     return pipeline
 
@@ -330,8 +340,10 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.option("--once", is_flag=True, help="Serve one job, then exit.")
 @click.option("--ulysses_size", type=int, default=1, help="Ranks sharing one DiT sequence (Ulysses).")
 @click.option("--ring_size", type=int, default=1, help="Ring-attention degree (xfuser backend only).")
-@click.option("--t5_fsdp", is_flag=True, help="Shard T5 across ranks (not implemented yet: refused).")
-@click.option("--dit_fsdp", is_flag=True, help="Shard the DiT's blocks across ranks (not implemented yet: refused).")
+@click.option("--sp_backend", type=click.Choice(["torch", "xfuser"]), default="torch",
+              help="Sequence-parallel attention: built-in all-to-all (any device) or xfuser 0.4.5 (CUDA).")
+@click.option("--t5_fsdp", is_flag=True, help="Shard T5's layers across the ranks (FSDP).")
+@click.option("--dit_fsdp", is_flag=True, help="Shard the DiT's blocks across the ranks (FSDP).")
 @click.option("--frame_num", type=int, default=None, help="Frames per chunk (4n+1); default the preset's (81).")
 @click.option("--sample_shift", type=float, default=None,
               help="Default flow shift for jobs that set none (default: 7 at 480p, 11 at 720p).")
@@ -341,7 +353,7 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.option("--time_limit_s", type=float, default=None, help="Per-job limit; default [queue] job_timeout_s.")
 @click.option("--worker_name", default=None, help="Name in `duet queue workers`; default host-pid.")
 @click.option("--check", is_flag=True, help="Only check that the preset's weight files exist; say what would load.")
-def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, t5_fsdp, dit_fsdp, frame_num, sample_shift,
+def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, sp_backend, t5_fsdp, dit_fsdp, frame_num, sample_shift,
          offload_model, collective_timeout_s, time_limit_s, worker_name, check) -> None:  # fmt: skip
     """Serve the render queue until drained or stopped (run it under torchrun; see run_engine.sh)."""
     try:
@@ -352,14 +364,14 @@ def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, t5_fsd
         sys.exit(check_weights(settings, preset, weights_dir))
     if frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
         raise click.BadParameter("must be 4n+1 and at least 5", param_hint="--frame_num")
-    if t5_fsdp or dit_fsdp:
-        raise click.UsageError("--t5_fsdp / --dit_fsdp are not supported by this engine yet")
-    if ring_size != 1:
-        raise click.UsageError("--ring_size > 1 needs the xfuser backend, which this engine does not ship yet")
+    if t5_fsdp and offload_model:
+        raise click.UsageError("--t5_fsdp shards T5 over the GPUs; --offload_model keeps it on the CPU: pick one")
+    if ring_size != 1 and sp_backend != "xfuser":
+        raise click.UsageError("--ring_size > 1 needs --sp_backend xfuser (the built-in backend is Ulysses only)")
     options = ServeOptions(
         config_path=config_path, preset=preset, weights_dir=weights_dir, once=once,
-        parallel=ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, t5_fsdp=t5_fsdp, dit_fsdp=dit_fsdp,
-                                collective_timeout_s=collective_timeout_s),
+        parallel=ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, backend=sp_backend, t5_fsdp=t5_fsdp,
+                                dit_fsdp=dit_fsdp, collective_timeout_s=collective_timeout_s),
         frame_num=frame_num, sample_shift=sample_shift, offload_model=offload_model, time_limit_s=time_limit_s,
         worker_name=worker_name,
     )  # fmt: skip

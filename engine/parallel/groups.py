@@ -26,12 +26,13 @@ CONTROL_TIMEOUT = timedelta(days=3650)
 class ParallelConfig:
     """How the ranks split the work; the option names are the original service's.
 
-    `ulysses_size * ring_size` ranks share one DiT sequence. `cfg_size` > 1 is accepted by the xfuser backend
-    only. `collective_timeout_s` bounds one render collective, not an idle wait.
+    `ulysses_size * ring_size` ranks share one DiT sequence; ring attention needs the xfuser backend.
+    `collective_timeout_s` bounds one render collective, not an idle wait.
     """
 
     ulysses_size: int = 1
     ring_size: int = 1
+    backend: str = "torch"  # sequence-parallel attention: "torch" (engine/parallel/sequence.py) or "xfuser"
     t5_fsdp: bool = False
     dit_fsdp: bool = False
     collective_timeout_s: float = 600.0

@@ -15,6 +15,7 @@ rank computes, to float rounding; tests/engine/test_parallel.py proves it on glo
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -137,6 +138,14 @@ class UlyssesAttention:
         return torch.cat(_all_to_all(list(x.split(self.sizes, dim=2)), [shape] * self.world, self.group), dim=1)
 
 
+class SequenceAttention(Protocol):
+    """A sequence-parallel attention backend: `sizes` (every rank's token count) is set around each forward."""
+
+    sizes: list[int] | None
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+
 class SequenceParallelDiT(nn.Module):
     """A `MultiTalkDiT` whose blocks run on a token slice per rank; same calls, same result as the DiT.
 
@@ -145,7 +154,9 @@ class SequenceParallelDiT(nn.Module):
     replicated, so every rank skips the same calls.
     """
 
-    def __init__(self, dit: MultiTalkDiT, group: dist.ProcessGroup, attention_backend: UlyssesAttention | None = None) -> None:
+    def __init__(
+        self, dit: MultiTalkDiT, group: dist.ProcessGroup, attention_backend: SequenceAttention | None = None
+    ) -> None:
         super().__init__()
         self.dit = dit
         self.group = group

@@ -1,4 +1,5 @@
-"""Sequence parallelism over real torch.distributed ranks (gloo, CPU): N ranks compute what one rank computes.
+"""Sequence parallelism and sharded weights over real torch.distributed ranks (gloo, CPU): N ranks compute what one
+rank computes.
 
 The pytest side launches this same file under `torchrun --nproc_per_node=2`; the `__main__` side is what every
 rank runs. Each check compares against the single-process result computed on that rank, and rank 0 writes a
@@ -55,6 +56,10 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path):
     assert results["dit_vs_reference_relative_error"] <= 1e-5
     # A bf16 model stays bf16 through the exchange and agrees with its single-rank run to bf16 rounding.
     assert results["bf16_dit_relative_error"] <= 2e-2
+    # FSDP: each rank holds half of the blocks' weights and computes the same outputs.
+    assert results["dit_fsdp_local_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert results["dit_fsdp_max_error"] <= 1e-5 and results["dit_fsdp_sp_max_error"] <= 1e-5
+    assert results["t5_fsdp_max_error"] <= 1e-5
 
 
 def _rank_main(report_path: str) -> None:
@@ -62,6 +67,8 @@ def _rank_main(report_path: str) -> None:
 
     from engine.models import DiTConfig, MultiTalkDiT
     from engine.models.attention import attention
+    from engine.models.t5 import T5Config, UMT5TextEncoder
+    from engine.parallel.fsdp import dit_blocks, shard_blocks, t5_blocks
     from engine.parallel.groups import destroy_groups, init_groups
     from engine.models.attention import register_attention_backend
     from engine.parallel.sequence import ULYSSES_BACKEND, SequenceParallelDiT, UlyssesAttention
@@ -103,6 +110,25 @@ def _rank_main(report_path: str) -> None:
         bf16_one_rank = bf16(*args)
         bf16_many = SequenceParallelDiT(bf16, groups.world)(*args)
         results["bf16_dit_relative_error"] = ((bf16_many - bf16_one_rank).norm() / bf16_one_rank.norm()).item()
+
+        # --dit_fsdp: blocks sharded over the ranks, with and without sequence parallelism.
+        sharded = MultiTalkDiT(DiTConfig.tiny())
+        sharded.load_state_dict(load_file(FIXTURES / "dit" / "reference_weights.safetensors"), strict=True)
+        sharded.eval()
+        shard_blocks(dit_blocks(sharded), groups)
+        local_numel = sum(p.to_local().numel() for p in sharded.blocks.parameters())
+        results["dit_fsdp_local_fraction"] = local_numel / sum(p.numel() for p in dit.blocks.parameters())
+        results["dit_fsdp_max_error"] = (sharded(*args) - one_rank).abs().max().item()
+        results["dit_fsdp_sp_max_error"] = (SequenceParallelDiT(sharded, groups.world)(*args) - one_rank).abs().max().item()
+
+        # --t5_fsdp: the text encoder's layers sharded.
+        torch.manual_seed(0)  # the same random weights on every rank
+        t5 = UMT5TextEncoder(T5Config.tiny()).eval()
+        ids = torch.randint(3, T5Config.tiny().vocab_size, (2, 12), generator=generator)
+        mask = torch.ones_like(ids)
+        whole_t5 = t5(ids, mask)
+        shard_blocks(t5_blocks(t5), groups)
+        results["t5_fsdp_max_error"] = (t5(ids, mask) - whole_t5).abs().max().item()
 
     if rank == 0:
         Path(report_path).write_text(json.dumps(results))
