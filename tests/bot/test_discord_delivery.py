@@ -142,3 +142,30 @@ async def test_status_messages_discord_would_not_edit_are_posted_afresh(
 
     assert third not in (None, first, second) and "36/40" in fake_discord.messages[third]["content"]
     assert [c.status for c in fake_discord.calls(ROUTE_EDIT_MESSAGE)] == [200, 400]
+
+
+async def test_a_video_posted_but_not_recorded_is_found_not_posted_again(
+    fake_discord: FakeDiscord, service: BotService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = await submit(service, fake_discord)
+    engine = FakeEngine(service)
+    record = service.queue.mark_delivered
+    failures = iter([ConnectionError("database went away right after the upload")])
+
+    async def record_after_one_failure(*args, **kwargs):
+        if (error := next(failures, None)) is not None:
+            raise error
+        return await record(*args, **kwargs)
+
+    monkeypatch.setattr(service.queue, "mark_delivered", record_after_one_failure)
+    async with running_bot(fake_discord, service) as watcher:
+        job, token = await engine.claim()
+        await engine.complete(job, token, make_mp4(0.5))
+        await watcher.tick()  # posts, fails to record, claims again and looks before posting
+        await watcher.tick()
+
+    (video,) = [c for c in posts(fake_discord) if c.files]
+    delivered = await service.queue.get(job_id)
+    assert delivered.delivery_state == "delivered" and delivered.delivery_attempts == 2
+    assert fake_discord.messages[delivered.delivered_message_id]["attachments"][0]["filename"] == "duet.mp4"
+    assert fake_discord.calls(lambda c: c.route == "GET /channels/{channel_id}/messages" and c.status == 200)

@@ -18,6 +18,7 @@ from discord_helpers import (
 from fakes.discord_server import ROUTE_CALLBACK, ROUTE_CREATE_MESSAGE, ROUTE_EDIT_MESSAGE, FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 
+from bot.core.drafts import DraftNotFound
 from bot.core.service import Actor, BotService
 from storage.contract import JobState
 
@@ -135,6 +136,24 @@ async def test_script_file_and_edit_make_a_new_preview(fake_discord: FakeDiscord
     assert [line.text for line in job.spec.inputs.dialogue] == ["Shorter now.", "Much shorter."]
 
 
+async def test_cancel_on_the_preview_drops_the_draft_and_its_photos(fake_discord: FakeDiscord, service: BotService) -> None:
+    fake = fake_discord
+    alice = DiscordUser(fake)
+    await consented(service, fake)
+    async with running_bot(fake, service):
+        preview = await alice.make_preview()
+        draft_id = custom_ids(preview)[0].rsplit(":", 1)[1]
+        pressed = await alice.press(preview, "duet:draft:discard:")
+        assert (await fake.wait_for_response(pressed))["type"] == 7
+
+    card = fake.messages[preview["id"]]
+    assert card["content"].startswith("Stopped. Nothing was rendered")
+    assert (card["attachments"], card["embeds"], card["components"]) == ([], [], [])
+    with pytest.raises(DraftNotFound):
+        await service.drafts.get(draft_id)
+    assert await service.queue.list_jobs() == []
+
+
 async def test_cancel_while_queued_and_while_running_by_button_and_command(
     fake_discord: FakeDiscord, service: BotService
 ) -> None:
@@ -212,7 +231,13 @@ async def test_reroll_makes_a_new_job_with_the_same_inputs_and_a_new_seed(
         pressed = await alice.press(video, "duet:job:reroll:")
         answer = await alice.answer(pressed, "Queued as job")
         second = answer["content"].split("job ", 1)[1].split(".")[0]
-        status = await alice.channel_message(lambda m: m.get("message_reference", {}).get("message_id") == video["id"] and m["content"].startswith("Queued"))
+        status = await alice.channel_message(
+            lambda m: m.get("message_reference", {}).get("message_id") == video["id"] and m["content"].startswith("Queued")
+        )
+        shown = await alice.answer(await alice.command("show", job=first), "Done!")
+        assert custom_ids(shown) == [f"duet:job:reroll:{first}"]
+        listed = await alice.answer(await alice.command("jobs"), "Your videos")
+        assert listed["content"].index(second) < listed["content"].index(first), "newest first"
 
     old, new = (await service.queue.get(first)), (await service.queue.get(second))
     assert new.spec.reroll_of == first and new.spec.inputs == old.spec.inputs

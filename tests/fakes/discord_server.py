@@ -243,6 +243,7 @@ class FakeDiscord(LoopbackServer):
                 api + "/webhooks/{application_id}/{interaction_token}/messages/{message_id}", self._webhook_message
             ),
             web.get(api + "/channels/{channel_id}", self._get_channel),
+            web.get(api + "/channels/{channel_id}/messages", self._list_messages),
             web.post(api + "/channels/{channel_id}/messages", self._create_message),
             web.get(api + "/channels/{channel_id}/messages/{message_id}", self._get_message),
             web.patch(api + "/channels/{channel_id}/messages/{message_id}", self._edit_message),
@@ -508,6 +509,22 @@ class FakeDiscord(LoopbackServer):
         if reference is not None and reference.get("message_id") not in self.messages:
             return discord_error(400, 50035, "Invalid Form Body: unknown message_reference")
         return json_response(self.store.create(channel, data, files, flags=data.get("flags", 0), reference=reference))
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        """Channel history (ephemeral messages are not in it): newest first, or the `limit` oldest
+        after `after`, as Discord answers."""
+        channel = self._channel_or_error(request)
+        if isinstance(channel, web.Response):
+            return channel
+        after, before = (int(request.query.get(key) or 0) for key in ("after", "before"))
+        limit = min(int(request.query.get("limit") or 50), 100)
+        found = sorted(
+            (m for m in self.messages.values() if m["channel_id"] == channel.id and not m["flags"] & dp.MESSAGE_FLAG_EPHEMERAL),
+            key=lambda m: int(m["id"]),
+        )
+        found = [m for m in found if int(m["id"]) > after and (not before or int(m["id"]) < before)]
+        found = found[:limit] if after else found[-limit:]
+        return json_response(found[::-1])
 
     def _message_or_error(self, request: web.Request) -> dict[str, Any] | web.Response:
         message = self.messages.get(request.match_info["message_id"])
