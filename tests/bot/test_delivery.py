@@ -120,12 +120,12 @@ async def test_edits_are_throttled_per_message_and_only_sent_on_change(service: 
 async def test_an_old_or_deleted_status_message_is_replaced_by_a_fresh_one(service: BotService) -> None:
     port = RecordingPort(EditPolicy(0.0, 0.0, fresh_message_after_s=3300))
     watcher = DeliveryWatcher(service, port)
-    first, second = await submit(service), await submit(service)
-    await service.attach_status_message(first, "old")
-    await service.attach_status_message(second, "deleted")
     ended = await submit(service)
     await service.queue.cancel(ended, actor=OWNER.owner_key)
     await service.attach_status_message(ended, "deleted-too")
+    first, second = await submit(service), await submit(service)
+    await service.attach_status_message(first, "old")
+    await service.attach_status_message(second, "deleted")
     port.ages["old"] = 3600.0
     port.gone.update({"deleted", "deleted-too"})
     await watcher.tick()
