@@ -141,6 +141,21 @@ async def cancel(interaction: discord.Interaction, job: Optional[str] = None) ->
     await say(interaction, cancel_text(status, locale) if status is not None else text("cancel.none", locale))
 
 
+async def _job_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The person's recent jobs whose id starts with what they typed (ids are long to type)."""
+    locale = locale_of(interaction)
+    records = await service_of(interaction).list_jobs(actor_of(interaction), limit=25)
+    return [
+        app_commands.Choice(name=f"{job.id} · {text(f'state.{job.state}', locale)}"[:100], value=job.id)
+        for job in records
+        if job.id.startswith(current.strip())
+    ]
+
+
+show.autocomplete("job")(_job_choices)
+cancel.autocomplete("job")(_job_choices)
+
+
 @app_commands.command(description="All voices")
 async def voices(interaction: discord.Interaction) -> None:
     await say(interaction, voices_text(locale_of(interaction)))

@@ -109,7 +109,6 @@ class DiscordPort:
             reference=self._reply_to(job),
             allowed_mentions=self._only_the_owner(job),
             nonce=job_nonce(job.id),
-            suppress_embeds=False,
             **_view(view_of(actions, job.spec.requester.locale)),
         )
         return str(message.id)

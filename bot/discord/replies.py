@@ -79,7 +79,7 @@ def requester_of(interaction: discord.Interaction, reply_to_message_id: int | st
 
 def view_of(actions: tuple[Action, ...], locale: str | None) -> discord.ui.View | None:
     """Buttons for `actions` (restart-proof `ActionButton`s), or None for none."""
-    from bot.discord.views import ActionButton
+    from bot.discord.views import ActionButton  # views answers through this module: import when used
 
     if not actions:
         return None
@@ -164,7 +164,7 @@ async def present_draft(interaction: discord.Interaction, draft_id: str) -> None
     await say(interaction, text("preview.below", locale))
 
 
-async def post_preview(interaction: discord.Interaction, draft_id: str) -> discord.Message:
+async def post_preview(interaction: discord.Interaction, draft_id: str) -> None:
     """The preview card as a regular channel message (frame, script, voices, ETA, Render/Edit/Cancel).
 
     It stands for the request: Render makes the job answer the card it was pressed on.
@@ -178,13 +178,12 @@ async def post_preview(interaction: discord.Interaction, draft_id: str) -> disco
     )
     embed.set_image(url="attachment://preview.jpg")
     assert interaction.channel is not None
-    message = await interaction.channel.send(  # type: ignore[union-attr]
+    await interaction.channel.send(  # type: ignore[union-attr]
         content=interaction.user.mention,  # names the owner without pinging (no mentions allowed)
         embed=embed,
         file=discord.File(io.BytesIO(card.image_jpeg), "preview.jpg"),
         view=view_of(card.actions, locale),
     )
-    return message
 
 
 async def post_job_status(interaction: discord.Interaction, submission: Submission) -> None:

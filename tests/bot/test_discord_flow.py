@@ -210,6 +210,11 @@ async def test_someone_elses_job_cannot_be_cancelled(fake_discord: FakeDiscord, 
         await mallory.answer(asked, "No job")
         asked = await mallory.command("cancel")
         await mallory.answer(asked, "no video in progress")
+        offered = {}
+        for who in (alice, mallory):
+            typing = await fake.autocomplete("cancel", {"job": job_id[:4]}, focused="job", user=who.user)
+            offered[who.user.username] = [c["value"] for c in (await fake.wait_for_response(typing))["data"]["choices"]]
+        assert offered == {"alice": [job_id], "mallory": []}, "job ids are suggested to their owner only"
 
     job = await service.queue.get(job_id)
     assert job.state == JobState.QUEUED and not job.cancel_requested
