@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _ACTIVE = [state.value for state in ACTIVE_STATES]
 _TERMINAL = [state.value for state in TERMINAL_STATES]
+_FAILED = (JobState.FAILED.value, JobState.DEAD.value)
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class DeliveryWatcher:
         jobs = await self.queue.list_jobs(platform=platform, states=_ACTIVE, limit=200)
         since = self.queue.clock() - self.resume_window_s
         ended = await self.queue.list_jobs(platform=platform, states=_TERMINAL, limit=50)
+        self._finished &= {job.id for job in ended}  # older ones never come back into this window
         jobs += [job for job in ended if job.id not in self._finished and (job.finished_at or 0) >= since]
         for job in jobs:
             try:
@@ -231,14 +233,17 @@ class DeliveryWatcher:
         message_id = job.status_message_id
         age = self.port.message_age_s(message_id) if message_id else None
         fresh_after = self.port.policy.fresh_message_after_s
-        if message_id is None or (fresh_after is not None and age is not None and age > fresh_after):
-            await self._post_fresh(job, body, actions)
-        else:
+        needs_new = fresh_after is not None and age is not None and age > fresh_after
+        if message_id is not None and not needs_new:
             try:
                 await self.port.edit_status(job, message_id, body, actions)
             except MessageGone:
-                if not is_final:  # an ended job's message deleted by the user stays deleted
-                    await self._post_fresh(job, body, actions)
+                needs_new = True
+        if message_id is None or needs_new:
+            # A new message while the job runs; once it ended, only a failure is worth a new message
+            # (the video is its own message, and a cancel was the user's doing).
+            if not is_final or job.state in _FAILED:
+                await self._post_fresh(job, body, actions)
         self._shown[job.id] = _Shown(body, now)
         if is_final:
             self._finished.add(job.id)

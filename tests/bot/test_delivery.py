@@ -123,14 +123,20 @@ async def test_an_old_or_deleted_status_message_is_replaced_by_a_fresh_one(servi
     ended = await submit(service)
     await service.queue.cancel(ended, actor=OWNER.owner_key)
     await service.attach_status_message(ended, "deleted-too")
+    failed = await submit(service)
+    await service.attach_status_message(failed, "deleted-as-well")
+    job, token = await FakeEngine(service).claim()
+    await service.queue.fail(job.id, token, error_user="Broken.", error_admin="x", retryable=False)
     first, second = await submit(service), await submit(service)
     await service.attach_status_message(first, "old")
     await service.attach_status_message(second, "deleted")
     port.ages["old"] = 3600.0
-    port.gone.update({"deleted", "deleted-too"})
+    port.gone.update({"deleted", "deleted-too", "deleted-as-well"})
     await watcher.tick()
-    assert len(port.posts) == 2 and not port.edits, "an ended job's deleted message is not posted again"
-    ids = {(await service.queue.get(j)).status_message_id for j in (first, second)}
+    assert not port.edits
+    assert len(port.posts) == 3, "running jobs and the failure get new messages; the cancelled job does not"
+    assert any("could not be made: Broken." in body for _, body in port.posts)
+    ids = {(await service.queue.get(j)).status_message_id for j in (first, second, failed)}
     assert ids == {m for m, _ in port.posts}, "the job rows now point at the fresh messages"
 
 
