@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from bot.core.compose import prepare_portrait
 from bot.core.drafts import DraftNotFound, DraftState, DraftStore, PhotoSlot
 from bot.core.limits import script_limits
-from bot.core.photos import PhotoTooLargeError
+from bot.core.photos import NotAnImageError, PhotoTooLargeError
 from bot.core.preview import PreviewCard, build_preview
 from bot.core.script import Dialogue, decode_script_bytes, parse_script
 from bot.core.status import JobStatus, Throughput, load_status, measure_throughput
@@ -131,6 +131,13 @@ class BotService:
                 photo=slot, size_mb=f"{size_bytes / 2**20:.1f}", limit_mb=f"{limit / 2**20:.1f}", admin_detail="by size"
             )
 
+    def check_announced_photo(self, size_bytes: int | None, content_type: str | None, slot: PhotoSlot) -> None:
+        """Refuse by what the platform announces (size, MIME type), before downloading anything. The
+        content decides in `add_photo`; a type here only refuses what is plainly not an image."""
+        self.check_photo_size(size_bytes, slot)
+        if content_type and not content_type.split(";")[0].strip().lower().startswith("image/"):
+            raise NotAnImageError(photo=slot, admin_detail=f"announced as {content_type}")
+
     async def add_photo(self, draft_id: str, slot: PhotoSlot, data: bytes) -> DraftState:
         """Check one photo as a person would hear about it (format, size, one face) and keep it."""
         self.check_photo_size(len(data), slot)
@@ -182,13 +189,19 @@ class BotService:
         await self.draft(draft_id, actor)
         await self.drafts.remove(draft_id)
 
-    async def submit_draft(self, draft_id: str, actor: Actor) -> Submission:
+    async def submit_draft(self, draft_id: str, actor: Actor, *, reply_to_message_id: str | None = None) -> Submission:
         """Queue the draft (consent first). The draft id is the idempotency key: pressing Render twice,
-        or the platform redelivering the press after a restart, returns the same job."""
+        or the platform redelivering the press after a restart, returns the same job.
+
+        `reply_to_message_id`: the message the job answers when it is known only now (Discord: the
+        preview card Render was pressed on); it does not touch the draft, so its prepare() is reused."""
         state = await self.draft(draft_id, actor)
         if not await self.has_consent(actor):
             raise ConsentRequired()
         prepared = await self._prepare(state, idempotency_key=f"{actor.platform}:draft:{draft_id}")
+        if reply_to_message_id is not None:
+            requester = prepared.draft.requester.model_copy(update={"reply_to_message_id": reply_to_message_id})
+            prepared = dataclasses.replace(prepared, draft=dataclasses.replace(prepared.draft, requester=requester))
         submitted = await enqueue(prepared, self.queue, self.media)
         return await self._submission(submitted.job_id, submitted.created)
 

@@ -30,7 +30,7 @@ from telegram.ext import (
 from telegram.warnings import PTBUserWarning
 
 from bot.core.actions import Verb, parse_action
-from bot.core.drafts import PhotoSlot
+from bot.core.drafts import DraftNotFound, PhotoSlot
 from bot.core.texts import text
 from bot.core.voices import list_voices
 from bot.telegram.replies import (
@@ -63,7 +63,10 @@ class Step(IntEnum):
 
 
 def _draft_id(context: Context) -> str:
-    return context.user_data["draft_id"]  # type: ignore[index]
+    draft_id = context.user_data.get("draft_id") if context.user_data is not None else None
+    if draft_id is None:  # conversation state without its draft (state files restored separately)
+        raise DraftNotFound("")
+    return draft_id
 
 
 async def _new_draft(update: Update, context: Context, request_message_id: int) -> Step:
@@ -98,14 +101,15 @@ async def accept_consent(update: Update, context: Context) -> Step:
 
 
 async def download_photo(update: Update, context: Context, slot: PhotoSlot) -> bytes | None:
-    """The photo's bytes (sent as a photo or as a file), refused by its size before downloading."""
+    """The photo's bytes (sent as a photo or as a file), refused by its announced size or type before
+    downloading; the bytes themselves are judged by `add_photo`."""
     message = update.message
     assert message is not None
     media = message.photo[-1] if message.photo else message.document
     if media is None:
         await reply(update, text("ask.photo_again", locale_of(update), photo=slot))
         return None
-    service_of(context).check_photo_size(media.file_size, slot)
+    service_of(context).check_announced_photo(media.file_size, getattr(media, "mime_type", None), slot)
     return bytes(await (await media.get_file()).download_as_bytearray())
 
 

@@ -95,12 +95,15 @@ async def test_each_bad_photo_is_refused_clearly_and_the_step_stays(chat: Telegr
     await chat.bot_says("Now send photo B")
 
 
-async def test_a_20_mb_file_is_refused_before_it_is_downloaded(chat: TelegramChat) -> None:
+async def test_a_20_mb_file_or_a_pdf_is_refused_before_it_is_downloaded(chat: TelegramChat) -> None:
     fake = chat.fake
     big = fake.send_document(FileRef(b"\xff\xd8" + bytes(20 * 1024 * 1024), file_name="huge.jpg"))
     refusal = await chat.bot_says("the limit is 10.0 MB")
     assert "Photo A is 20.0 MB" in refusal.params["text"]
-    assert not fake.calls(lambda c: c.route == "getFile" and c.params.get("file_id") == big["document"]["file_id"])
+    pdf = fake.send_document(FileRef(b"%PDF-1.7\n" + bytes(5000), mime_type="application/pdf", file_name="me.jpg"))
+    await chat.bot_says("Photo A is not an image file")
+    for sent in (big, pdf):
+        assert not fake.calls(lambda c: c.route == "getFile" and c.params.get("file_id") == sent["document"]["file_id"])
 
 
 @pytest.mark.parametrize("name", sorted(GOOD_PHOTOS))
