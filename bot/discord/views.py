@@ -76,9 +76,10 @@ async def _render(interaction: discord.Interaction, action: Action) -> None:
     await interaction.response.defer()
     service = service_of(interaction)
     assert interaction.message is not None
-    await service.update_draft(action.target, requester=requester_of(interaction, interaction.message.id))
     try:
-        submission = await service.submit_draft(action.target, actor_of(interaction))
+        submission = await service.submit_draft(
+            action.target, actor_of(interaction), reply_to_message_id=str(interaction.message.id)
+        )
     except ConsentRequired:
         await say(interaction, text("consent.notice", locale_of(interaction)), consent_actions(action.target))
         return
