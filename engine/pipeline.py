@@ -25,8 +25,8 @@ from engine.presets import EngineModels, LoraFile, Placement, Preset, load_model
 from engine.sampling import CancelCheck, default_shift
 from engine.stages.audio import encode_tracks, target_frame_count
 from engine.stages.clock import ProgressCallback, StageClock, ignore_progress
-from engine.stages.conditioning import prepare_conditioning
-from engine.stages.mux import DEFAULT_CRF, fit_to_bytes, mux_mp4
+from engine.stages.conditioning import Conditioning, prepare_conditioning
+from engine.stages.mux import DEFAULT_CRF, VIDEO_FPS, fit_to_bytes, mux_mp4
 from engine.stages.render import DiTVelocity, RenderConfig, VelocityFactory, render_video
 from engine.stages.speech import Speech, SpeechLine, run_speech
 from engine.stages.tts import KokoroTTS, load_tts, voice_lang_code
@@ -49,13 +49,14 @@ class RenderRequest:
     frame_path: Path  # the composed reference frame (its boxes are in `spec.inputs`)
     work_dir: Path
     job_id: str = ""  # for logs only
+    writes_video: bool = True  # False on ranks that render along but leave the MP4 to rank 0 (no mux stage)
 
 
 @dataclass(frozen=True)
 class RenderOutput:
     """What `render` produced. `timings` are per stage, summed over chunks, in pipeline order."""
 
-    video_path: Path
+    video_path: Path | None  # None when the request did not write the video
     duration_s: float
     width: int
     height: int
@@ -141,42 +142,55 @@ class RenderPipeline:
         clock: StageClock | None = None,
     ) -> RenderOutput:
         """Every stage after speech: the video for `speech`, muxed with its soundtrack into the work directory."""
-        spec, models, preset = request.spec, self.models, self.models.preset
-        settings = spec.render
+        spec, models = request.spec, self.models
         self.check_request(spec)
-        if speech.duration_s > settings.max_seconds:
+        if speech.duration_s > spec.render.max_seconds:
             raise RenderRefused(
-                f"The dialogue is {math.ceil(speech.duration_s)} s long; the limit is {settings.max_seconds:g} s.",
-                f"speech of {speech.duration_s:.2f} s exceeds max_seconds {settings.max_seconds}",
+                f"The dialogue is {math.ceil(speech.duration_s)} s long; the limit is {spec.render.max_seconds:g} s.",
+                f"speech of {speech.duration_s:.2f} s exceeds max_seconds {spec.render.max_seconds}",
             )
         clock = clock or self._clock()
-        device = models.placement.device
-
         on_progress(Stage.AUDIO, 0, 1)
         with clock.measure(Stage.AUDIO):
             audio = encode_tracks(
                 [speech.tracks["A"], speech.tracks["B"]], models.wav2vec, models.wav2vec_preprocessor,
-                num_frames=target_frame_count(speech.duration_s), frame_num=preset.frame_num,
+                num_frames=target_frame_count(speech.duration_s), frame_num=models.preset.frame_num,
                 sample_rate=speech.sample_rate,
             )  # fmt: skip
-
         on_progress(Stage.ENCODE, 0, 1)
         with clock.measure(Stage.ENCODE):
-            with Image.open(request.frame_path) as image:
-                frame = image.convert("RGB")
-            size = preset.frame_size(settings.quality, frame.height, frame.width)
-            boxes = None if spec.inputs.box_a is None else (spec.inputs.box_a, spec.inputs.box_b)
-            conditioning = prepare_conditioning(
-                t5=models.t5, tokenizer=models.tokenizer, vae=models.vae, clip=models.clip, frame=frame, boxes=boxes,
-                size=size, scene=spec.inputs.scene, frame_num=preset.frame_num, dtype=models.dit.dtype, device=device,
-            )  # fmt: skip
-
+            conditioning = self._conditioning(request)
         frames = render_video(
             dit=models.dit, vae=models.vae, clip=models.clip, conditioning=conditioning, audio=audio,
-            config=self.render_config(settings), clock=clock, on_progress=on_progress,
+            config=self.render_config(spec.render), clock=clock, on_progress=on_progress,
             is_cancel_requested=is_cancel_requested, make_velocity=self.make_velocity,
         )  # fmt: skip
+        if not request.writes_video:
+            return RenderOutput(
+                video_path=None, duration_s=frames.shape[0] / VIDEO_FPS, width=frames.shape[2], height=frames.shape[1],
+                num_frames=frames.shape[0], fitted_path=None, speech=speech, timings=clock.timings(),
+            )  # fmt: skip
+        return self._write(request, frames, speech, clock, on_progress)
 
+    def _conditioning(self, request: RenderRequest) -> Conditioning:
+        """The job's frame at the preset's size for its bucket, its boxes, and its scene, encoded."""
+        models, inputs = self.models, request.spec.inputs
+        with Image.open(request.frame_path) as image:
+            frame = image.convert("RGB")
+        return prepare_conditioning(
+            t5=models.t5, tokenizer=models.tokenizer, vae=models.vae, clip=models.clip, frame=frame,
+            boxes=None if inputs.box_a is None else (inputs.box_a, inputs.box_b),
+            size=models.preset.frame_size(request.spec.render.quality, frame.height, frame.width),
+            scene=inputs.scene, frame_num=models.preset.frame_num, dtype=models.dit.dtype,
+            device=models.placement.device,
+        )  # fmt: skip
+
+    def _write(
+        self, request: RenderRequest, frames: torch.Tensor, speech: Speech, clock: StageClock,
+        on_progress: ProgressCallback,
+    ) -> RenderOutput:  # fmt: skip
+        """The mux stage: the MP4 (and the fitted copy the job asks for) in the work directory."""
+        fit_bytes = request.spec.render.fit_bytes
         on_progress(Stage.MUX, 0, 1)
         with clock.measure(Stage.MUX):
             request.work_dir.mkdir(parents=True, exist_ok=True)
@@ -185,8 +199,8 @@ class RenderPipeline:
                 crf=self.options.video_crf, preset=self.options.video_preset,
             )  # fmt: skip
             fitted = None
-            if settings.fit_bytes is not None:
-                fitted = fit_to_bytes(video.path, settings.fit_bytes, request.work_dir / FILE_NAMES["result_fitted"])
+            if fit_bytes is not None:
+                fitted = fit_to_bytes(video.path, fit_bytes, request.work_dir / FILE_NAMES["result_fitted"])
         on_progress(Stage.MUX, 1, 1)
         logger.info(
             "render finished",

@@ -190,6 +190,7 @@ def test_cancel_stops_at_a_step_boundary(pipeline, frame_path, long_speech, tmp_
 
 
 def test_teacache_apg_and_two_pass_guidance_reach_the_model(frame_path, pipeline, short_speech, tmp_path):
+    """Also a rank that renders along without writing the video: no mux stage, no file."""
     calls, caches = [], []
 
     class Spy(DiTVelocity):
@@ -202,14 +203,18 @@ def test_teacache_apg_and_two_pass_guidance_reach_the_model(frame_path, pipeline
         return Spy(dit, teacache)
 
     spied = RenderPipeline(pipeline.models, pipeline.tts, make_velocity=make_velocity)
-    spec = job(*LONG, steps=6, use_teacache=True, use_apg=True, text_guidance=1.0, audio_guidance=2.0)
-    spied.render_speech(RenderRequest(spec=spec, frame_path=frame_path, work_dir=tmp_path), short_speech)
+    spec = job(*SHORT, steps=6, use_teacache=True, use_apg=True, text_guidance=1.0, audio_guidance=2.0)
+    request = RenderRequest(spec=spec, frame_path=frame_path, work_dir=tmp_path / "work", writes_video=False)
+    output = spied.render_speech(request, short_speech)
     assert {branch for branch, _ in calls} == {"cond", "drop_audio"}
     assert all(speakers == (2 if branch == "cond" else 1) for branch, speakers in calls)  # dropped audio: 1 stream
     assert len(calls) == 2 * 6  # 2 passes x 6 steps
     (cache,) = caches
     assert isinstance(cache, TeaCache) and cache.size == "720p"
     assert sum(cache.computed.values()) + sum(cache.skipped.values()) == len(calls)
+    assert output.video_path is None and not (tmp_path / "work").exists()
+    assert output.num_frames == round(short_speech.duration_s * FPS) and (output.width, output.height) == (96, 96)
+    assert "mux" not in {timing.stage for timing in output.timings}
 
 
 def test_fitted_copy_when_the_job_asks_for_one(pipeline, frame_path, short_speech, tmp_path):

@@ -3,6 +3,8 @@ the chunk plan and the frame conversion."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,19 @@ def test_image_condition_of_a_chunk(models, num_cond):
     changed[:, :-1] = 0
     again = encode_image_condition(models.vae, models.clip, changed, frame_num=81, dtype=torch.float32)
     assert torch.equal(again.image_states, condition.image_states)
+
+
+def test_image_condition_in_the_reference_precisions(models):
+    """bf16 DiT inputs from an fp16 CLIP and an fp32 VAE; the motion latents are the bf16-rounded latents."""
+    clip16 = copy.deepcopy(models.clip).half()
+    frames = torch.rand(3, 25, 32, 48) * 2 - 1
+    condition = encode_image_condition(models.vae, clip16, frames, frame_num=81, dtype=torch.bfloat16)
+    assert condition.image_states.dtype == condition.cond_latents.dtype == torch.bfloat16
+    assert condition.motion_latents.dtype == torch.float32
+    assert torch.equal(condition.motion_latents, condition.cond_latents[0, 4:, :7].float())
+    exact = encode_image_condition(models.vae, models.clip, frames, frame_num=81, dtype=torch.float32)
+    assert not torch.equal(condition.motion_latents, exact.motion_latents)
+    torch.testing.assert_close(condition.motion_latents, exact.motion_latents, rtol=1e-2, atol=1e-2)
 
 
 # --- audio --------------------------------------------------------------------------------------------------------
