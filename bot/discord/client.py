@@ -16,6 +16,7 @@ from discord import app_commands
 
 from bot.core.service import BotService
 from bot.discord.commands import COMMANDS
+from bot.discord.locales import DuetTranslator
 from bot.discord.port import DiscordPort
 from bot.discord.replies import answer_error
 from bot.discord.views import ActionButton
@@ -37,6 +38,7 @@ class DuetDiscordClient(discord.Client):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(ActionButton)
+        await self.tree.set_translator(DuetTranslator())
         settings = self.service.settings.discord
         if settings.dev_guild_id:
             guild = discord.Object(int(settings.dev_guild_id))

@@ -44,6 +44,8 @@ async def test_admin_commands_follow_the_allow_list_not_discord_permissions(tmp_
             commands = {c["name"]: c for c in fake.calls(ROUTE_GUILD_COMMANDS)[0].params}
             assert {int(commands[name]["default_member_permissions"]) for name in ("queue", "pause", "resume")} == {ADMINISTRATOR}
             assert commands["talk"].get("default_member_permissions") is None
+            assert commands["talk"]["description_localizations"]["zh-CN"] == "用两张照片和一段对话制作两个人对话的视频"
+            assert {o["name"]: o.get("description_localizations", {}).get("zh-TW") for o in commands["talk"]["options"]}["voice_a"] == "人物 A 的声音"
             for name in ("pause", "queue", "resume"):  # alice has every Discord permission in the fake guild
                 asked = await alice.command(name)
                 await alice.answer(asked, "Only Duet admins")
