@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from chat_helpers import PHOTO_A, PHOTO_B, FakeEngine, make_mp4, open_service
-from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, discord_settings, running_bot
+from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, running_bot
 from fakes.discord_server import ROUTE_GUILD_COMMANDS, FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 from pydantic import SecretStr
@@ -94,7 +94,8 @@ async def test_duet_bots_serves_discord_delivers_and_never_logs_the_token(
     try:
         await fake.gateway.wait_until_ready(15)
         answer = await alice.answer(await alice.command("voices"), "af_heart", timeout=15)
-        await alice.channel_message(lambda m: any(a["filename"] == "duet.mp4" for a in m["attachments"]), timeout=15)
+        video = await alice.channel_message(lambda m: any(a["filename"] == "duet.mp4" for a in m["attachments"]), timeout=15)
+        assert custom_ids(video) == [f"duet:job:reroll:{job_id}"]
         try:
             raise RuntimeError(f"PATCH with Authorization: Bot {fake.token} failed")
         except RuntimeError:
