@@ -74,8 +74,9 @@ async def submit_script(
     interaction: discord.Interaction, draft_id: str, script: str, photos: asyncio.Task | None
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    if interaction.message is not None:  # Edit on an earlier preview: that card is superseded
-        await interaction.message.edit(view=None)
+    source = interaction.message  # what Edit was pressed on: a preview card, or an ephemeral refusal
+    if source is not None and not source.flags.ephemeral:  # a superseded card loses its buttons
+        await source.edit(view=None)
     if photos is not None:
         await service_of(interaction).update_draft(draft_id, script=script)  # kept if a photo is refused
         await photos  # a refused photo is answered by answer_errors
