@@ -67,8 +67,8 @@ def resample(
     """Band-limited polyphase resampling of a mono signal (zero-phase, output `ceil(n * to_hz / from_hz)` long).
 
     torchaudio is not a dependency; this is the textbook scheme: insert `up - 1` zeros per sample, low-pass
-    with a Kaiser-windowed sinc (about 85 dB stop band for beta 8.6, pass band to 90% of the lower Nyquist),
-    keep every `down`-th sample (a strided convolution computes only those).
+    with a Kaiser-windowed sinc (cut-off at 90% of the lower Nyquist, 7.2 kHz for 24 -> 16 kHz; about 85 dB
+    stop band for beta 8.6), keep every `down`-th sample (a strided convolution computes only those).
     """
     if from_hz == to_hz:
         return audio.astype(np.float32, copy=True)
