@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -38,7 +39,7 @@ class LinkSigner:
     secret: bytes
     public_base_url: str
     ttl_s: float
-    clock: object = time.time
+    clock: Callable[[], float] = time.time
 
     def _signature(self, payload: str) -> str:
         digest = hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest()
