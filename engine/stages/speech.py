@@ -30,7 +30,7 @@ import torch.nn.functional as F
 # The one exception to "the engine never imports bot": the per-line language rule lives in bot/core/voices.py
 # (pure Python), where submission validates voices against it; the job spec keeps the user's choice, not the
 # per-line outcome, so the engine applies the same rule again rather than a copy of it.
-from bot.core.voices import detect_language
+from storage.language import detect_language
 from engine.stages.tts import SAMPLE_RATE as TTS_SAMPLE_RATE
 from engine.stages.tts import KokoroTTS, Language, SpeechError, pipeline_lang_code
 from storage.contract import Inputs, Speaker, Stage

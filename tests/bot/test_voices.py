@@ -12,15 +12,14 @@ from bot.core.voices import (
     LEGACY_ALIASES,
     VOICES,
     Gender,
-    count_speech_units,
     default_voice,
     find_voices,
-    detect_language,
     get_voice,
     list_voices,
     plan_voices,
     suggest_voice,
 )
+from storage.language import count_speech_units, detect_language
 
 MANDARIN = {"zf_xiaobei", "zf_xiaoni", "zf_xiaoxiao", "zf_xiaoyi", "zm_yunjian", "zm_yunxi", "zm_yunxia", "zm_yunyang"}
 
