@@ -4,6 +4,8 @@ two sample photos."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 from fractions import Fraction
 from pathlib import Path
@@ -14,7 +16,8 @@ import numpy as np
 import bot
 from bot.core.drafts import DraftStore
 from bot.core.service import BotService
-from storage.contract import JobResult
+from bot.core.submit import Draft, Prepared, enqueue, prepare
+from storage.contract import JobResult, Requester
 from storage.db import Database
 from storage.media import MediaStore
 from storage.migrate import upgrade
@@ -59,6 +62,20 @@ def make_mp4(seconds: float = 1.0, *, size: int = 96, fps: int = 10, noisy: bool
             out.mux(audio.encode(frame))
         out.mux(audio.encode(None))
     return buffer.getvalue()
+
+
+@functools.cache
+def _sample_prepared() -> Prepared:
+    requester = Requester(platform="telegram", user_id="1", chat_id="1")
+    return prepare(Draft(requester=requester, photo_a=PHOTO_A, photo_b=PHOTO_B, script=SCRIPT), Settings())
+
+
+async def queue_sample_job(service: BotService, requester: Requester) -> str:
+    """A queued job from the sample photos and script, composed once per test session: for tests about
+    what happens to jobs, not about how a request becomes one."""
+    prepared = _sample_prepared()
+    prepared = dataclasses.replace(prepared, draft=dataclasses.replace(prepared.draft, requester=requester))
+    return (await enqueue(prepared, service.queue, service.media)).job_id
 
 
 async def open_service(tmp_path: Path, settings: Settings | None = None, db_url: str | None = None) -> BotService:

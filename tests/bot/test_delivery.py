@@ -9,7 +9,7 @@ import itertools
 import av
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from chat_helpers import PHOTO_A, PHOTO_B, SCRIPT, FakeEngine, make_mp4, open_service, telegram_settings
+from chat_helpers import FakeEngine, make_mp4, open_service, queue_sample_job, telegram_settings
 from fakes.fixtures import fake_telegram, running_telegram_app  # noqa: F401
 from fakes.telegram_server import FakeTelegram
 
@@ -25,14 +25,8 @@ from storage.settings import Settings
 OWNER = Actor("telegram", "1001")
 
 
-async def submit(service: BotService, *, chat_id: str = "1001", reply_to: str | None = None) -> str:
-    requester = Requester(platform="telegram", user_id=OWNER.user_id, chat_id=chat_id, reply_to_message_id=reply_to)
-    draft = await service.start_draft(requester)
-    await service.add_photo(draft.id, "A", PHOTO_A)
-    await service.add_photo(draft.id, "B", PHOTO_B)
-    await service.set_script(draft.id, SCRIPT)
-    await service.record_consent(OWNER)
-    return (await service.submit_draft(draft.id, OWNER)).job_id
+async def submit(service: BotService, *, chat_id: str = "1001") -> str:
+    return await queue_sample_job(service, Requester(platform="telegram", user_id=OWNER.user_id, chat_id=chat_id))
 
 
 class RecordingPort:

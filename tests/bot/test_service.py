@@ -4,7 +4,7 @@ idempotent submission, the queue's refusals in the user's language, re-roll, and
 from __future__ import annotations
 
 import pytest
-from chat_helpers import PHOTO_A, PHOTO_B, SCRIPT, open_service
+from chat_helpers import PHOTO_A, PHOTO_B, SCRIPT, open_service, queue_sample_job
 
 from bot.core.drafts import DraftNotFound, DraftStore
 from bot.core.photos import PhotoTooLargeError
@@ -91,7 +91,7 @@ async def test_admins_come_from_the_config_allow_list_of_their_platform(service:
 async def test_queue_refusals_reach_the_user_in_their_language(service: BotService) -> None:
     await service.record_consent(ALICE)
     for _ in range(2):
-        await service.submit_draft(await complete_draft(service), ALICE)
+        await queue_sample_job(service, requester(ALICE))
     with pytest.raises(SubmitRefused) as refused:
         await service.submit_draft(await complete_draft(service), ALICE)
     assert refused.value.reason == "user_limit"
@@ -105,8 +105,8 @@ async def test_queue_refusals_reach_the_user_in_their_language(service: BotServi
 async def test_cancel_latest_takes_the_newest_active_job(service: BotService) -> None:
     assert await service.cancel_latest(ALICE) is None
     await service.record_consent(ALICE)
-    older = (await service.submit_draft(await complete_draft(service), ALICE)).job_id
-    newer = (await service.submit_draft(await complete_draft(service), ALICE)).job_id
+    older = await queue_sample_job(service, requester(ALICE))
+    newer = await queue_sample_job(service, requester(ALICE))
     status = await service.cancel_latest(ALICE)
     assert status is not None and status.job_id == newer and status.state == JobState.CANCELLED
     assert (await service.queue.get(older)).state == JobState.QUEUED

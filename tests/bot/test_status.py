@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from chat_helpers import PHOTO_A, PHOTO_B, SCRIPT, FakeEngine, make_mp4, open_service
+from chat_helpers import FakeEngine, make_mp4, open_service, queue_sample_job
 
 from bot.core.actions import Action, Verb, parse_action, preview_actions
 from bot.core.errors import LOCALES, template_fields
-from bot.core.service import Actor, BotService
+from bot.core.service import BotService
 from bot.core.status import JobStatus, Throughput, measure_throughput, progress_bar, status_actions, status_text
 from bot.core.texts import TEXTS, duration_text
 from storage.contract import JobState, Requester
@@ -91,16 +91,9 @@ async def test_eta_comes_from_measured_throughput(tmp_path) -> None:
     service = await open_service(tmp_path, Settings())
     try:
         assert (await measure_throughput(service.queue)).job_seconds(10.0) is None, "nothing measured: no ETA"
-        actor = Actor("telegram", "1")
-        await service.record_consent(actor)
         engine = FakeEngine(service)
-        job_ids = []
-        for _ in range(2):
-            draft = await service.start_draft(Requester(platform="telegram", user_id="1", chat_id="1"))
-            await service.add_photo(draft.id, "A", PHOTO_A)
-            await service.add_photo(draft.id, "B", PHOTO_B)
-            await service.set_script(draft.id, SCRIPT)
-            job_ids.append((await service.submit_draft(draft.id, actor)).job_id)
+        requester = Requester(platform="telegram", user_id="1", chat_id="1")
+        job_ids = [await queue_sample_job(service, requester) for _ in range(2)]
         job, token = await engine.claim()
         await engine.complete(job, token, make_mp4(0.5), seconds=0.5)
         throughput = await measure_throughput(service.queue)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from chat_helpers import PHOTO_A, PHOTO_B, SCRIPT, FakeEngine, TelegramChat, make_mp4, open_service
+from chat_helpers import FakeEngine, TelegramChat, make_mp4, open_service, queue_sample_job
 from click.testing import CliRunner
 from fakes.fixtures import fake_telegram  # noqa: F401
 from fakes.telegram_server import FakeTelegram
@@ -14,7 +14,6 @@ from pydantic import SecretStr
 
 from bot.app import run_bots
 from bot.cli import main
-from bot.core.service import Actor
 from storage.contract import Requester
 from storage.settings import HttpSettings, Secrets, Settings, StorageSettings, TelegramSettings
 
@@ -30,13 +29,8 @@ def settings_for(fake: FakeTelegram, tmp_path) -> Settings:
 async def finished_job(fake: FakeTelegram, settings: Settings, tmp_path) -> str:
     """A job of this chat that an engine finished while the bot was not running."""
     service = await open_service(tmp_path, settings, db_url=settings.storage.database_url)
-    actor = Actor("telegram", str(fake.user.id))
-    await service.record_consent(actor)
-    draft = await service.start_draft(Requester(platform="telegram", user_id=actor.user_id, chat_id=actor.user_id))
-    await service.add_photo(draft.id, "A", PHOTO_A)
-    await service.add_photo(draft.id, "B", PHOTO_B)
-    await service.set_script(draft.id, SCRIPT)
-    job_id = (await service.submit_draft(draft.id, actor)).job_id
+    user_id = str(fake.user.id)
+    job_id = await queue_sample_job(service, Requester(platform="telegram", user_id=user_id, chat_id=user_id))
     engine = FakeEngine(service)
     job, token = await engine.claim()
     await engine.complete(job, token, make_mp4(0.5))
