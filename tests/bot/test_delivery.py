@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 
@@ -242,3 +243,42 @@ def test_edit_policies_follow_each_platforms_limits() -> None:
     assert (telegram.min_interval_s(False), telegram.min_interval_s(True), telegram.fresh_message_after_s) == (1.0, 3.0, None)
     assert discord.min_interval_s(False) == discord.min_interval_s(True) == 5.0
     assert discord.fresh_message_after_s is not None and discord.fresh_message_after_s < 3600
+
+
+async def test_telegram_status_in_a_group_waits_and_a_deleted_one_is_posted_again(
+    tmp_path, fake_telegram: FakeTelegram
+) -> None:
+    service = await open_service(tmp_path, telegram_settings(fake_telegram, edit_interval_private_s=0.5))
+    user_id = str(fake_telegram.user.id)
+    group = fake_telegram.add_group("Duet fans")
+    in_group = await queue_sample_job(service, Requester(platform="telegram", user_id=user_id, chat_id=str(group["id"])))
+    in_private = await queue_sample_job(service, Requester(platform="telegram", user_id=user_id, chat_id=user_id))
+    engine = FakeEngine(service)
+    application = build_application(service, fake_telegram.token)
+    async with running_telegram_app(application):
+        port = TelegramPort(application.bot, service.settings.telegram)
+        watcher = DeliveryWatcher(service, port)
+        for job_id in (in_group, in_private):
+            job = await service.queue.get(job_id)
+            await service.attach_status_message(job_id, await port.post_status(job, "Queued", ()))
+        group_job, group_token = await engine.claim()
+        assert group_job.id == in_group and port.is_group_chat(group_job)
+        await engine.progress(group_job, group_token, "render", 0.1)
+        await watcher.tick()
+        await engine.progress(group_job, group_token, "render", 0.5)
+        await watcher.tick()  # within 3 s of the last edit in a group: held back
+        group_edits = fake_telegram.calls(lambda c: c.route == "editMessageText" and c.params["chat_id"] == group["id"])
+        assert len(group_edits) == 1 and "20%" in group_edits[0].params["text"]
+
+        old_message = (await service.queue.get(in_private)).status_message_id
+        await application.bot.delete_message(int(user_id), int(old_message))  # the user deleted it
+        private_job, private_token = await engine.claim()
+        await engine.progress(private_job, private_token, "tts", 0.5)
+        await asyncio.sleep(0.5)
+        await watcher.tick()
+        reposted = await fake_telegram.wait_for_call(
+            lambda c: c.route == "sendMessage" and "speaking the lines" in str(c.params.get("text"))
+        )
+    assert reposted.params["chat_id"] == int(user_id)
+    assert (await service.queue.get(in_private)).status_message_id not in (None, old_message)
+    await service.queue.db.dispose()
