@@ -8,6 +8,14 @@ through the callables it is given, times every stage, and writes only inside the
 
 It knows nothing about the queue, the database or other ranks: the serve loop claims the job, calls `render`,
 stores the files and the result. A distributed serve loop passes its own `make_velocity` (sequence-parallel DiT).
+
+Where a job differs from a run of the reference's `generate_multitalk.py` (on purpose, for a chat product):
+- the prompt is the user's scene in a fixed two-person template (`conditioning.PROMPT_TEMPLATE`);
+- the video lasts as long as the speech (nearest frame): the tracks get trailing silence so that the chunk plan
+  covers it, and the frames are cut to it; the reference refuses speech under 3.3 s and drops the last 3 frames.
+  Up to 81 frames run as one chunk (the reference's clip mode), longer ones stream, up to the job's max_seconds
+  instead of the reference's 1000-frame cap;
+- the MP4 is encoded once (x264 CRF, AAC at 48 kHz from Kokoro's 24 kHz soundtrack), not twice.
 """
 
 from __future__ import annotations
