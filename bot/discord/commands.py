@@ -1,9 +1,10 @@
 """The slash commands: /talk, /jobs, /show, /cancel, /voices, and the admin ones /queue, /pause, /resume.
 
 Each command parses its options, calls `BotService` and answers; refusals are ephemeral answers in the
-person's language (the tree's error handler, bot/discord/client.py). /talk answers within Discord's 3 seconds: what the platform
-announces about the attachments (size, type) is checked before anything is downloaded, then it defers
-(or shows the script modal, which must be the first answer) and does the slow work.
+person's language (the tree's error handler, bot/discord/client.py). /talk answers within Discord's 3
+seconds: what the platform announces about the attachments (size, type) is checked before anything is
+downloaded, then it defers (or shows the script modal, which must be the first answer) and does the
+slow work.
 
 Admin commands check `[discord] admin_ids` from the config on every call. `default_permissions` only
 hides them from non-administrators in the Discord client; it is never what grants them.
@@ -40,11 +41,21 @@ from storage import admin
 DISCORD_STRING_OPTION_CHARS = 6000
 MAX_SCENE_CHARS = 500
 MAX_SEED = 2**32 - 1
-LANGUAGES = [app_commands.Choice(name=name, value=value) for name, value in (("Automatic", "auto"), ("English", "en"), ("中文", "zh"))]
-QUALITIES = [app_commands.Choice(name=name, value=value) for name, value in (("720p (best)", "720p"), ("480p (faster)", "480p"))]
+LANGUAGES = [
+    app_commands.Choice(name="Automatic", value="auto"),
+    app_commands.Choice(name="English", value="en"),
+    app_commands.Choice(name="中文", value="zh"),
+]
+QUALITIES = [
+    app_commands.Choice(name="720p (best)", value="720p"),
+    app_commands.Choice(name="480p (faster)", value="480p"),
+]
 
 
-def _check_announced(service: BotService, photos: dict[PhotoSlot, discord.Attachment], script_file: discord.Attachment | None) -> None:
+def _check_announced(
+    service: BotService, photos: dict[PhotoSlot, discord.Attachment], script_file: discord.Attachment | None
+) -> None:
+    """Refuse by what Discord announces about the attachments, before downloading any of them."""
     for slot, attachment in photos.items():
         service.check_announced_photo(attachment.size, attachment.content_type, slot)
     if script_file is not None and script_file.size > _script_file_cap(service):

@@ -120,7 +120,8 @@ class DiscordPort:
         async for message in self._channel(job).history(limit=HISTORY_SCAN_LIMIT, after=since):
             if self.client.user is not None and message.author.id != self.client.user.id:
                 continue
-            if any(getattr(child, "custom_id", None) == reroll for row in message.components for child in row.children):  # type: ignore[attr-defined]
+            buttons = [child for row in message.components for child in getattr(row, "children", ())]
+            if any(getattr(button, "custom_id", None) == reroll for button in buttons):
                 return str(message.id)
         return None
 

@@ -37,8 +37,12 @@ _STYLES = {Verb.RENDER: discord.ButtonStyle.primary, Verb.ACCEPT: discord.Button
 
 class ActionButton(discord.ui.DynamicItem[discord.ui.Button], template=ACTION_PATTERN):
     def __init__(self, action: Action, locale: str | None = None, *, label: str | None = None) -> None:
-        style = discord.ButtonStyle.danger if action.is_destructive else _STYLES.get(action.verb, discord.ButtonStyle.secondary)
-        super().__init__(discord.ui.Button(label=label or action.label(locale), style=style, custom_id=action.custom_id))
+        style = _STYLES.get(action.verb, discord.ButtonStyle.secondary)
+        if action.is_destructive:
+            style = discord.ButtonStyle.danger
+        super().__init__(
+            discord.ui.Button(label=label or action.label(locale), style=style, custom_id=action.custom_id)
+        )
         self.action = action
 
     @classmethod

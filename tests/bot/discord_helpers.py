@@ -22,7 +22,7 @@ ONE_LINE_SCRIPT = "A: Hi, I am Grace. B: Hello Grace, nice to meet you!"
 
 def discord_settings(fake: FakeDiscord, **discord: Any) -> Settings:
     """Default settings with the commands synced to the fake's guild (plus any `[discord]` overrides)."""
-    section = DiscordSettings(api_base_url=fake.api_base, dev_guild_id=fake.guild.id, edit_interval_s=1.0, **discord)
+    section = DiscordSettings(**({"api_base_url": fake.api_base, "dev_guild_id": fake.guild.id, "edit_interval_s": 1.0} | discord))
     return Settings(discord=section)
 
 

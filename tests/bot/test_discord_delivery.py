@@ -10,7 +10,7 @@ import av
 
 import pytest
 from chat_helpers import PHOTO_A, PHOTO_B, FakeEngine, make_mp4, open_service
-from discord_helpers import ONE_LINE_SCRIPT, custom_ids, discord_settings, running_bot
+from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, running_bot
 from fakes.discord_server import ROUTE_CREATE_MESSAGE, ROUTE_EDIT_MESSAGE, FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 
@@ -169,3 +169,33 @@ async def test_a_video_posted_but_not_recorded_is_found_not_posted_again(
     assert delivered.delivery_state == "delivered" and delivered.delivery_attempts == 2
     assert fake_discord.messages[delivered.delivered_message_id]["attachments"][0]["filename"] == "duet.mp4"
     assert fake_discord.calls(lambda c: c.route == "GET /channels/{channel_id}/messages" and c.status == 200)
+
+
+async def test_in_a_dm_the_whole_flow_works_and_the_configured_limit_applies(tmp_path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    settings = discord_settings(fake, dev_guild_id=None, sync_globally=True, upload_limit_bytes=200_000)
+    service = await open_service(tmp_path, settings)
+    dm = fake.dm_channel(fake.user)
+    alice = DiscordUser(fake)
+    engine = FakeEngine(service)
+    fitted = make_mp4(0.5)
+    try:
+        async with running_bot(fake, service) as watcher:
+            a, b = alice.photos()
+            asked = await fake.run_slash_command("talk", {"photo_a": a, "photo_b": b, "script": ONE_LINE_SCRIPT}, channel=dm)
+            notice = await alice.answer(asked, "Press Accept")
+            await alice.press(notice, "duet:consent:accept:")
+            preview = await alice.preview()
+            job_id, status = await alice.render(preview, service)
+            job, token = await engine.claim()
+            await engine.complete(job, token, make_mp4(0.5) + bytes(300_000), fitted=fitted)
+            await watcher.tick()
+        delivered = await service.queue.get(job_id)
+    finally:
+        await service.queue.db.dispose()
+
+    assert {preview["channel_id"], status["channel_id"]} == {dm.id} and delivered.spec.requester.guild_id is None
+    in_dm = [c for c in posts(fake) if c.path.endswith(f"/channels/{dm.id}/messages")]
+    (video,) = [c for c in in_dm if any(f.filename == "duet.mp4" for f in c.files)]
+    assert video.file("files[0]").data == fitted
+    assert fake.messages[delivered.delivered_message_id]["channel_id"] == dm.id
