@@ -127,17 +127,18 @@ def test_prompts_are_encoded_to_their_real_tokens(models):
 @pytest.mark.parametrize("num_cond", [1, 25])
 def test_image_condition_of_a_chunk(models, num_cond):
     frames = torch.rand(3, num_cond, 32, 48) * 2 - 1
-    condition = encode_image_condition(models.vae, models.clip, frames, frame_num=81, dtype=torch.float32)
-    assert condition.cond_latents.shape == (1, 20, 21, 4, 6)
+    condition = encode_image_condition(models.vae, models.clip, frames, frame_num=33, dtype=torch.float32)
+    num_motion = 1 + (num_cond - 1) // 4
+    assert condition.cond_latents.shape == (1, 20, 9, 4, 6)
     mask = condition.cond_latents[0, :4]
-    assert mask[:, : 1 + (num_cond - 1) // 4].eq(1).all() and mask[:, 1 + (num_cond - 1) // 4 :].eq(0).all()
-    assert condition.motion_latents.shape == (16, 1 + (num_cond - 1) // 4, 4, 6)
-    assert torch.equal(condition.motion_latents, condition.cond_latents[0, 4:, : 1 + (num_cond - 1) // 4])
+    assert mask[:, :num_motion].eq(1).all() and mask[:, num_motion:].eq(0).all()
+    assert condition.motion_latents.shape == (16, num_motion, 4, 6)
+    assert torch.equal(condition.motion_latents, condition.cond_latents[0, 4:, :num_motion])
     assert condition.image_states.shape == (1, models.clip.config.num_tokens, models.clip.config.dim)
     # CLIP sees the last conditioning frame only.
     changed = frames.clone()
     changed[:, :-1] = 0
-    again = encode_image_condition(models.vae, models.clip, changed, frame_num=81, dtype=torch.float32)
+    again = encode_image_condition(models.vae, models.clip, changed, frame_num=33, dtype=torch.float32)
     assert torch.equal(again.image_states, condition.image_states)
 
 
@@ -145,11 +146,11 @@ def test_image_condition_in_the_reference_precisions(models):
     """bf16 DiT inputs from an fp16 CLIP and an fp32 VAE; the motion latents are the bf16-rounded latents."""
     clip16 = copy.deepcopy(models.clip).half()
     frames = torch.rand(3, 25, 32, 48) * 2 - 1
-    condition = encode_image_condition(models.vae, clip16, frames, frame_num=81, dtype=torch.bfloat16)
+    condition = encode_image_condition(models.vae, clip16, frames, frame_num=33, dtype=torch.bfloat16)
     assert condition.image_states.dtype == condition.cond_latents.dtype == torch.bfloat16
     assert condition.motion_latents.dtype == torch.float32
     assert torch.equal(condition.motion_latents, condition.cond_latents[0, 4:, :7].float())
-    exact = encode_image_condition(models.vae, models.clip, frames, frame_num=81, dtype=torch.float32)
+    exact = encode_image_condition(models.vae, models.clip, frames, frame_num=33, dtype=torch.float32)
     assert not torch.equal(condition.motion_latents, exact.motion_latents)
     torch.testing.assert_close(condition.motion_latents, exact.motion_latents, rtol=1e-2, atol=1e-2)
 
