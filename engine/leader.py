@@ -51,7 +51,7 @@ class ActiveJob:
     record: JobRecord
     started: float  # time.monotonic()
     stop: StopCode = StopCode.GO_ON
-    stage: str | None = None
+    stages_seen: set[str] = field(default_factory=set)
     latest: tuple[str, float, str | None] | None = None  # (stage, progress 0..1, detail) not yet written
     wake_writer: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -261,10 +261,13 @@ class Leader:
                 continue
             stage, progress, detail = job.latest
             job.latest = None
-            if stage != job.stage:
-                job.stage = stage
+            # A stage's first entry goes into the job's history; chunked renders return to encode/render/decode
+            # once per chunk, which only moves the progress.
+            is_new = stage not in job.stages_seen
+            if is_new:
+                job.stages_seen.add(stage)
                 await self._fenced(job, self._queue.set_stage(job.job_id, job.token, stage))
-            if progress > 0 or detail is not None:
+            if not is_new or progress > 0 or detail is not None:
                 await self._fenced(job, self._queue.progress(job.job_id, job.token, stage, progress, detail))
 
     async def _fenced(self, job: ActiveJob, write: Coroutine[Any, Any, bool]) -> None:

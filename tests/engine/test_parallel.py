@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,77 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path):
     assert results["dit_fsdp_local_fraction"] == pytest.approx(0.5, abs=0.01)
     assert results["dit_fsdp_max_error"] <= 1e-5 and results["dit_fsdp_sp_max_error"] <= 1e-5
     assert results["t5_fsdp_max_error"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_render_the_frames_of_one_rank(tmp_path):
+    """The engine's own wiring (engine.serve.build_pipeline with --ulysses_size 2) on the tiny preset: the frames
+    handed to the encoder equal a one-rank render of the same job."""
+    report = tmp_path / "report.json"
+    run = torchrun(Path(__file__), 2, str(report), "pipeline", timeout_s=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(report.read_text())
+    assert results["frames"] > 0 and results["ulysses_calls"] > 0
+    assert results["max_error"] <= 1e-5
+
+
+def _render_main(report_path: str) -> None:
+    from PIL import Image
+
+    import engine.pipeline as pipeline_module
+    from engine.models.attention import register_attention_backend
+    from engine.parallel.groups import ParallelConfig, destroy_groups, init_groups
+    from engine.parallel.sequence import ULYSSES_BACKEND
+    from engine.serve import ServeOptions, build_pipeline
+    from engine.stages.render import DiTVelocity
+    from storage.contract import Box, Inputs, JobSpec, Line, MediaRef, RenderSettings, Requester
+    from storage.settings import Settings
+
+    torch.set_num_threads(1)
+    groups = init_groups(collective_timeout_s=300)
+    options = ServeOptions(
+        config_path=None, preset="tiny", weights_dir=None, once=True, parallel=ParallelConfig(ulysses_size=2),
+        frame_num=None, sample_shift=None, offload_model=False, time_limit_s=None, worker_name=None,
+    )  # fmt: skip
+    pipeline = build_pipeline(options, Settings(), groups)
+    frames: list[np.ndarray] = []
+    encode = pipeline_module.mux_mp4
+    pipeline_module.mux_mp4 = lambda video, *args, **kwargs: frames.append(video.copy()) or encode(video, *args, **kwargs)
+    calls = []
+    ulysses = pipeline.make_velocity(pipeline.models.dit, None).dit.ulysses
+    register_attention_backend(ULYSSES_BACKEND, lambda *qkv: calls.append(1) or ulysses(*qkv))
+
+    work = Path(report_path).parent
+    Image.new("RGB", (640, 640), (90, 110, 140)).save(work / f"frame{groups.rank}.png")
+    media = {"size_bytes": 1, "sha256": "0" * 64}
+    spec = JobSpec(
+        requester=Requester(platform="cli", user_id="1", chat_id="1"),
+        inputs=Inputs(
+            photo_a=MediaRef(role="photo_a", **media), photo_b=MediaRef(role="photo_b", **media),
+            frame=MediaRef(role="frame", **media), box_a=Box(x0=20, y0=80, x1=300, y1=640),
+            box_b=Box(x0=340, y0=80, x1=620, y1=640),
+            dialogue=(Line(speaker="A", text="Hello there."), Line(speaker="B", text="Hi!")),
+        ),
+        render=RenderSettings(quality="480p", steps=3, seed=5),
+    )  # fmt: skip
+
+    def render(tag: str) -> None:
+        request = pipeline_module.RenderRequest(spec=spec, frame_path=work / f"frame{groups.rank}.png",
+                                                work_dir=work / f"{tag}{groups.rank}")  # fmt: skip
+        pipeline.render(request)
+
+    render("parallel")
+    parallel_calls = len(calls)
+    if groups.rank == 0:  # rank 0 alone, with the unsplit DiT
+        pipeline.make_velocity = DiTVelocity
+        for block in pipeline.models.dit.blocks:
+            block.self_attn.attention_backend = "sdpa"
+        render("single")
+    if groups.rank == 0:
+        error = float(np.abs(frames[0].astype(np.float64) - frames[1].astype(np.float64)).max())
+        results = {"frames": int(frames[0].shape[0]), "ulysses_calls": parallel_calls, "max_error": error}
+        Path(report_path).write_text(json.dumps(results))
+    destroy_groups(groups)
 
 
 def _rank_main(report_path: str) -> None:
@@ -136,4 +208,7 @@ def _rank_main(report_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _rank_main(sys.argv[1])
+    if sys.argv[2:] == ["pipeline"]:
+        _render_main(sys.argv[1])
+    else:
+        _rank_main(sys.argv[1])

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import av
-import numpy as np
 import psutil
 import pytest
 
@@ -75,11 +74,12 @@ def query(config: Path, action):
 
 
 def submit(config: Path, *, steps: int = 3, seed: int = 7, priority: int = 0) -> str:
+    """A job for the sample photos and a two-line dialogue (about a second of speech: one render chunk)."""
     settings = load_settings(config)
     draft = Draft(
         requester=Requester(platform="cli", user_id="tester", chat_id="local"),
         photo_a=(SAMPLES / "grace_hopper.jpg").read_bytes(), photo_b=(SAMPLES / "astronaut.png").read_bytes(),
-        script=(SAMPLES / "script.txt").read_text(), seed=seed, quality="480p",
+        script="A: Hello there.\nB: Hi!", seed=seed, quality="480p",
     )  # fmt: skip
     prepared = prepare(draft, settings)
     prepared = replace(prepared, render=prepared.render.model_copy(update={"steps": steps}))
@@ -117,16 +117,20 @@ class Engine:
     """engine.supervisor around `torchrun --nproc_per_node=N` of the serve loop, as run_engine.sh starts it."""
 
     def __init__(self, config: Path, tmp_path: Path, *, nproc: int = 2, extra: tuple[str, ...] = (),
-                 step_s: float = 0.0, name: str = "engine") -> None:  # fmt: skip
+                 step_s: float | None = None, name: str = "engine") -> None:  # fmt: skip
+        """`step_s` None: the real pipeline (tiny preset); a number: the scaffold pipeline with that step time."""
         self.config, self.name = config, f"test-{name}"
         self.log = tmp_path / f"{name}.log"
-        serve = [str(SCAFFOLD), "--config", str(config), "--collective_timeout_s", "3", *extra]
+        program = ["-m", "engine.serve"] if step_s is None else [str(SCAFFOLD)]
+        if step_s is None and nproc > 1:
+            extra = ("--ulysses_size", str(nproc), *extra)
+        serve = [*program, "--config", str(config), "--collective_timeout_s", "3", *extra]
         command = [
             sys.executable, "-m", "engine.supervisor", "--config", str(config), "--worker_name", self.name,
             "--breaker_crashes", "10", "--", sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={nproc}", "--max-restarts=0", *serve,
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DUET_TEST_STEP_S": str(step_s)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DUET_TEST_STEP_S": str(step_s or 0)}
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)  # fmt: skip
@@ -175,10 +179,9 @@ def engines():
 def video_facts(path: Path) -> dict:
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
         return {
             "fps": float(video.average_rate), "width": video.width, "height": video.height,
-            "audio_streams": len(container.streams.audio), "frames": np.stack(frames),
+            "audio_streams": len(container.streams.audio), "frames": sum(1 for _ in container.decode(video=0)),
         }  # fmt: skip
 
 
@@ -189,35 +192,46 @@ def media_path(config: Path, job_id: str, role: str) -> Path:
 # ---- tests --------------------------------------------------------------------------------------------------
 
 
+def speech_duration_s(spec) -> float:
+    """What the engine's speech stage makes of the job's dialogue (the tiny Kokoro is seeded, so the same)."""
+    from engine.pipeline import RenderPipeline
+    from engine.stages.tts import load_tts
+
+    return RenderPipeline(models=None, tts=load_tts(None, preset="tiny")).speak(spec).duration_s
+
+
 def test_two_ranks_serve_idle_then_render_cancel_and_sigterm(tmp_path, engines):
+    """The real pipeline (tiny preset) on two gloo ranks with Ulysses sequence parallelism. (That two ranks render
+    the frames of one is checked before encoding, in test_parallel.py: x264 does not repeat its bytes.)"""
     config = write_config(tmp_path)
-    engine = Engine(config, tmp_path, step_s=0.25, name="two")
+    engine = Engine(config, tmp_path, name="two")
     engines.append(engine)
-    engine.wait_ready()
+    engine.wait_ready(timeout_s=180)
     assert len(engine.ranks()) == 2
 
     # Idle well past the collective timeout (3 s): the ranks wait on gloo, not in a render collective.
     time.sleep(6)
     first = submit(config, steps=3)
-    done = wait_state(config, first, "succeeded", timeout_s=60, log=engine.log)
+    done = wait_state(config, first, "succeeded", timeout_s=180, log=engine.log)
     result = done.result
     facts = video_facts(media_path(config, first, "result"))
     assert facts["fps"] == FPS
     assert (facts["width"], facts["height"]) == (result.width, result.height)
     assert facts["audio_streams"] == 1
-    assert abs(len(facts["frames"]) / FPS - result.duration_s) <= 1 / FPS
+    assert abs(facts["frames"] / FPS - speech_duration_s(done.spec)) <= 1 / FPS
     assert done.attempts == 1
+    assert [t.stage for t in result.timings] == ["tts", "audio", "encode", "render", "decode", "mux"]
 
     # Cancel while rendering: every rank stops at a step boundary, the job ends cancelled, the service goes on.
-    cancelled = submit(config, steps=40)
-    wait_for(lambda: rendering(config, cancelled, min_step=2), timeout_s=60, what="render steps", log=engine.log)
+    cancelled = submit(config, steps=30)
+    wait_for(lambda: rendering(config, cancelled, min_step=2), timeout_s=120, what="render steps", log=engine.log)
     query(config, lambda s: s.queue.cancel(cancelled, actor="admin", is_admin=True))
-    record = wait_state(config, cancelled, "cancelled", timeout_s=20, log=engine.log)
-    assert int(record.progress_detail.split("/")[0]) < 40
+    record = wait_state(config, cancelled, "cancelled", timeout_s=30, log=engine.log)
+    assert int(record.progress_detail.split("/")[0]) < 30
 
     # SIGTERM mid-job: requeued within torchrun's 30 s grace, the attempt not charged; the group exits.
-    stopped = submit(config, steps=40)
-    wait_for(lambda: rendering(config, stopped, min_step=2), timeout_s=60, what="render steps", log=engine.log)
+    stopped = submit(config, steps=30)
+    wait_for(lambda: rendering(config, stopped, min_step=2), timeout_s=120, what="render steps", log=engine.log)
     ranks = engine.ranks()
     signalled = time.monotonic()
     engine.process.send_signal(signal.SIGTERM)
@@ -227,21 +241,17 @@ def test_two_ranks_serve_idle_then_render_cancel_and_sigterm(tmp_path, engines):
     assert engine.process.wait(45) == 0
     assert not [p for p in ranks.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
-    # One rank renders the same frames as two, and picks up the requeued job.
+    # A one-rank engine picks up the requeued job and completes it; the stop did not cost it an attempt.
     single = Engine(config, tmp_path, nproc=1, name="one")
     engines.append(single)
-    same = submit(config, steps=3, priority=1)
-    wait_state(config, same, "succeeded", timeout_s=60, log=single.log)
-    two_ranks = video_facts(media_path(config, first, "result"))["frames"].astype(np.float32) / 255
-    one_rank = video_facts(media_path(config, same, "result"))["frames"].astype(np.float32) / 255
-    assert two_ranks.shape == one_rank.shape
-    assert np.abs(two_ranks - one_rank).max() <= 1e-5
-    wait_state(config, stopped, "succeeded", timeout_s=60, log=single.log)
+    record = wait_state(config, stopped, "succeeded", timeout_s=240, log=single.log)
+    assert record.attempts == 1 and record.shutdown_requeues == 1
     assert single.stop() == 0
 
 
 def test_killed_rank_requeues_and_a_poison_job_dies_while_others_complete(tmp_path, engines):
     config = write_config(tmp_path, max_attempts=2)
+    # The scaffold pipeline: each crash restarts the group, and its quick start keeps three restarts cheap.
     engine = Engine(config, tmp_path, step_s=0.2, name="kill")
     engines.append(engine)
     engine.wait_ready()
