@@ -1,10 +1,10 @@
 """`DuetDiscordClient`: the discord.py client that owns the command tree, the restart-proof buttons and
 the delivery port, all wired to one `BotService`.
 
-Commands sync in `setup_hook`: to the dev guild of the config when one is set (instant, for
-development), else globally when `[discord] sync_globally` is on; otherwise the commands registered
-by an earlier start stay as they are (Discord limits command creations per day). Nothing pings by
-default (`AllowedMentions.none()`); the delivery names its one user explicitly.
+Commands sync in `setup_hook`, as `bot_config.toml` describes: to `[discord] dev_guild_id` when one is
+set (instant, for development), globally when it is not (Discord shows global changes within about an
+hour), or both with `sync_globally`. A sync is one bulk overwrite, so restarting with unchanged commands
+creates none. Nothing pings by default (`AllowedMentions.none()`); the delivery names its one user.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class DuetDiscordClient(discord.Client):
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
             log.info("commands synced to the dev guild", extra={"action": "sync", "count": len(synced)})
-        elif settings.sync_globally:
+        if settings.sync_globally or not settings.dev_guild_id:
             synced = await self.tree.sync()
             log.info("commands synced globally", extra={"action": "sync", "count": len(synced)})
 

@@ -10,7 +10,7 @@ import sys
 
 from chat_helpers import PHOTO_A, PHOTO_B, FakeEngine, make_mp4, open_service
 from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, running_bot
-from fakes.discord_server import ROUTE_GUILD_COMMANDS, FakeDiscord
+from fakes.discord_server import ROUTE_GLOBAL_COMMANDS, ROUTE_GUILD_COMMANDS, FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 from pydantic import SecretStr
 
@@ -42,6 +42,7 @@ async def test_admin_commands_follow_the_allow_list_not_discord_permissions(tmp_
     try:
         async with running_bot(fake, service):
             commands = {c["name"]: c for c in fake.calls(ROUTE_GUILD_COMMANDS)[0].params}
+            assert not fake.calls(ROUTE_GLOBAL_COMMANDS), "with a dev guild, global commands are left alone"
             admin_only = {int(commands[name]["default_member_permissions"]) for name in ("queue", "pause", "resume")}
             assert admin_only == {ADMINISTRATOR}, "hidden from non-administrators in the client (UI only)"
             assert commands["talk"].get("default_member_permissions") is None

@@ -173,7 +173,7 @@ async def test_a_video_posted_but_not_recorded_is_found_not_posted_again(
 
 async def test_in_a_dm_the_whole_flow_works_and_the_configured_limit_applies(tmp_path, fake_discord: FakeDiscord) -> None:
     fake = fake_discord
-    settings = discord_settings(fake, dev_guild_id=None, sync_globally=True, upload_limit_bytes=200_000)
+    settings = discord_settings(fake, dev_guild_id=None, upload_limit_bytes=200_000)  # no dev guild: global commands
     service = await open_service(tmp_path, settings)
     dm = fake.dm_channel(fake.user)
     alice = DiscordUser(fake)
