@@ -187,6 +187,8 @@ TEXTS: Mapping[str, Mapping[Locale, str]] = {
     "modal.title": {"en": "Your dialogue", "zh": "你的对话"},
     "modal.script_label": {"en": "Dialogue, one turn per line", "zh": "对话，每句一行"},
     "modal.script_placeholder": {"en": "A: Hello!\nB: Hi there!", "zh": "A: 你好！\nB: 你好呀！"},
+    "modal.scene_label": {"en": "Scene (optional)", "zh": "场景（可选）"},
+    "modal.scene_placeholder": {"en": "two friends chatting in a café", "zh": "两个朋友在咖啡馆聊天"},
     "admin.only": {"en": "Only Duet admins can do that.", "zh": "只有 Duet 管理员可以这样做。"},
     "admin.paused": {
         "en": "Paused: no new videos are accepted and engines start no new jobs.",

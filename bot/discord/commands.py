@@ -24,7 +24,7 @@ from bot.core.service import BotService
 from bot.core.status import status_text
 from bot.core.texts import size_text, text
 from bot.core.voices import find_voices
-from bot.discord.modals import ScriptModal, check_script_into_draft
+from bot.discord.modals import MAX_SCENE_CHARS, ScriptModal, check_script_into_draft
 from bot.discord.replies import (
     FileTooLarge,
     actor_of,
@@ -39,7 +39,6 @@ from bot.discord.replies import (
 from storage import admin
 
 DISCORD_STRING_OPTION_CHARS = 6000
-MAX_SCENE_CHARS = 500
 MAX_SEED = 2**32 - 1
 LANGUAGES = [
     app_commands.Choice(name="Automatic", value="auto"),
@@ -108,7 +107,7 @@ async def talk(
     if script is None and script_file is None:
         downloading = asyncio.create_task(add_photos(service, draft.id, photos), name=f"photos-{draft.id}")
         downloading.add_done_callback(lambda task: task.cancelled() or task.exception())  # answered on submit
-        modal = ScriptModal(draft.id, locale_of(interaction), service.settings, photos=downloading)
+        modal = ScriptModal(draft, locale_of(interaction), service.settings, photos=downloading)
         await interaction.response.send_modal(modal)
         return
     await interaction.response.defer(ephemeral=True, thinking=True)

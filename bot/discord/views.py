@@ -93,11 +93,11 @@ async def _render(interaction: discord.Interaction, action: Action) -> None:
 
 @answer_errors
 async def _edit(interaction: discord.Interaction, action: Action) -> None:
-    """Edit on the preview: the script modal, filled with the current script (a modal must be the
-    first answer, so nothing slow comes before it)."""
+    """Edit on the preview: the script modal, filled with the current script and scene (a modal must
+    be the first answer, so nothing slow comes before it)."""
     state = await service_of(interaction).draft(action.target, actor_of(interaction))
     await interaction.response.send_modal(
-        ScriptModal(state.id, locale_of(interaction), service_of(interaction).settings, default=state.script)
+        ScriptModal(state, locale_of(interaction), service_of(interaction).settings)
     )
 
 

@@ -50,6 +50,12 @@ def custom_ids(message: dict[str, Any]) -> list[str]:
     return [c["custom_id"] for c in components_of(message) if "custom_id" in c]
 
 
+def modal_inputs(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The text inputs of a modal answer (type 9) by custom id, in rows or labels."""
+    found = [row.get("component") or row["components"][0] for row in answer["data"]["components"]]
+    return {component["custom_id"]: component for component in found}
+
+
 def job_id_in(content: str) -> str:
     return content.rsplit("Job ", 1)[1].split()[0].rstrip(".")
 

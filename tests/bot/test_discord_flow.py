@@ -12,6 +12,7 @@ from discord_helpers import (
     DiscordUser,
     custom_ids,
     discord_settings,
+    modal_inputs,
     restart,
     running_bot,
 )
@@ -103,8 +104,9 @@ async def test_without_a_script_the_modal_asks_for_it_with_line_breaks(fake_disc
         asked = await alice.talk()
         modal = await fake.wait_for_response(asked)
         assert modal["type"] == 9
-        (text_input,) = [c for row in modal["data"]["components"] for c in [row.get("component") or row["components"][0]]]
-        assert text_input["max_length"] == service.settings.limits.max_script_chars
+        inputs = modal_inputs(modal)
+        assert inputs["duet:script"]["style"] == 2 and inputs["duet:scene"]["required"] is False
+        assert inputs["duet:script"]["max_length"] == service.settings.limits.max_script_chars
         submitted = await fake.submit_modal(asked, {"duet:script": SCRIPT})
         await alice.answer(submitted, "preview is below")
         preview = await alice.preview()
@@ -124,9 +126,9 @@ async def test_script_file_and_edit_make_a_new_preview(fake_discord: FakeDiscord
         assert first["embeds"][0]["description"].count("\n🔵 A:") + first["embeds"][0]["description"].count("\n🟠 B:") == 4
         edit = await alice.press(first, "duet:draft:edit:")
         modal = await fake.wait_for_response(edit)
-        shown = modal["data"]["components"][0]
-        assert (shown.get("component") or shown["components"][0])["value"].strip() == SCRIPT.strip()
-        submitted = await fake.submit_modal(edit, {"duet:script": "A: Shorter now.\nB: Much shorter."})
+        assert modal_inputs(modal)["duet:script"]["value"].strip() == SCRIPT.strip()
+        new_values = {"duet:script": "A: Shorter now.\nB: Much shorter.", "duet:scene": "A rooftop at dusk"}
+        submitted = await fake.submit_modal(edit, new_values)
         await alice.answer(submitted, "preview is below")
         second = await alice.preview(after=first["id"])
         job_id, _ = await alice.render(second, service)
@@ -134,6 +136,7 @@ async def test_script_file_and_edit_make_a_new_preview(fake_discord: FakeDiscord
     assert fake.messages[first["id"]]["components"] == [], "the superseded card loses its buttons"
     job = await service.queue.get(job_id)
     assert [line.text for line in job.spec.inputs.dialogue] == ["Shorter now.", "Much shorter."]
+    assert job.spec.inputs.scene == "A rooftop at dusk"
 
 
 async def test_cancel_on_the_preview_drops_the_draft_and_its_photos(fake_discord: FakeDiscord, service: BotService) -> None:

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 from chat_helpers import open_service
-from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, running_bot
+from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, modal_inputs, running_bot
 from fakes.discord_server import FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 from PIL import Image
@@ -106,8 +106,7 @@ async def test_a_bad_script_is_refused_and_edit_fixes_it_without_sending_the_pho
         assert edit_id.startswith("duet:draft:edit:")
         pressed = await fake_discord.click_button(refusal["id"], edit_id)
         modal = await fake_discord.wait_for_response(pressed)
-        row = modal["data"]["components"][0]
-        assert (row.get("component") or row["components"][0])["value"] == script, "what was typed is kept"
+        assert modal_inputs(modal)["duet:script"]["value"] == script, "what was typed is kept"
         submitted = await fake_discord.submit_modal(pressed, {"duet:script": ONE_LINE_SCRIPT})
         await alice.answer(submitted, "preview is below")
         await alice.preview()
