@@ -49,6 +49,7 @@ from engine.weights import (
     load_wav2vec,
     load_wav2vec_preprocessor,
 )
+from storage.buckets import choose_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -56,36 +57,14 @@ WAN_DIR = "Wan2.1-I2V-14B-480P"  # used for both buckets: MultiTalk has no separ
 WAV2VEC_DIR = "chinese-wav2vec2-base"
 MULTITALK_FILE = "multitalk.safetensors"
 
-# The model's size buckets, {height / width: (height, width)}, in the reference's order (which decides ties):
-# multitalk-480 is ASPECT_RATIO_627, multitalk-720 is ASPECT_RATIO_960 (spec §1.3). bot/core/compose.py composes
-# frames at these sizes and holds the same table (the packages may not import each other); a test keeps the two
-# equal.
-SIZE_BUCKETS: dict[str, dict[float, tuple[int, int]]] = {
-    "480p": {
-        0.26: (320, 1216), 0.38: (384, 1024), 0.50: (448, 896), 0.67: (512, 768),
-        0.82: (576, 704), 1.00: (640, 640), 1.22: (704, 576), 1.50: (768, 512),
-        1.86: (832, 448), 2.00: (896, 448), 2.50: (960, 384), 2.83: (1088, 384),
-        3.60: (1152, 320), 3.80: (1216, 320), 4.00: (1280, 320),
-    },
-    "720p": {
-        0.22: (448, 2048), 0.29: (512, 1792), 0.36: (576, 1600), 0.45: (640, 1408),
-        0.55: (704, 1280), 0.63: (768, 1216), 0.76: (832, 1088), 0.88: (896, 1024),
-        1.00: (960, 960), 1.14: (1024, 896), 1.31: (1088, 832), 1.50: (1152, 768),
-        1.58: (1216, 768), 1.82: (1280, 704), 1.91: (1344, 704), 2.20: (1408, 640),
-        2.30: (1472, 640), 2.67: (1536, 576), 2.89: (1664, 576), 3.62: (1856, 512),
-        3.75: (1920, 512),
-    },
-}  # fmt: skip
 # Frame sides must be whole DiT tokens: 8 px per latent (VAE) x 2 latents per token (patch).
 PIXELS_PER_TOKEN = 16
 
 
 def bucket_size(quality: str, height: int, width: int) -> tuple[int, int]:
     """The (height, width) bucket of `quality` whose h/w key is nearest the frame's (ties: first listed)."""
-    if quality not in SIZE_BUCKETS:
-        raise ValueError(f"unknown size bucket {quality!r}; expected one of {sorted(SIZE_BUCKETS)}")
-    table = SIZE_BUCKETS[quality]
-    return table[min(table, key=lambda key: abs(key - height / width))]
+    bucket = choose_bucket(quality, height / width)
+    return bucket.height, bucket.width
 
 
 @dataclass(frozen=True)

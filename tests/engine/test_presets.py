@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bot.core.compose import BUCKETS
 from engine.models.t5 import tokenize_prompts
 from engine.presets import (
     PIXELS_PER_TOKEN,
-    SIZE_BUCKETS,
     bucket_size,
     character_tokenizer,
     get_preset,
@@ -17,12 +15,7 @@ from engine.presets import (
     missing_files,
 )
 from engine.weights import WeightsError
-
-
-def test_engine_buckets_equal_the_ones_frames_are_composed_at():
-    """bot/core composes the frame at a bucket size and the engine must render that very size."""
-    assert SIZE_BUCKETS == BUCKETS
-    assert [list(table) for table in SIZE_BUCKETS.values()] == [list(table) for table in BUCKETS.values()]
+from storage.buckets import SIZE_BUCKETS
 
 
 @pytest.mark.parametrize("quality", ["480p", "720p"])
