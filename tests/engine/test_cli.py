@@ -1,0 +1,101 @@
+"""`duet render` / `duet demo` and run_engine.sh as a newcomer meets them: one command from files to an MP4, and
+clear refusals (missing weights, a bad script) before anything heavy starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+from click.testing import CliRunner
+
+from bot.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "bot" / "samples"
+
+
+def write_config(tmp_path: Path, weights_dir: Path) -> Path:
+    path = tmp_path / "bot_config.toml"
+    path.write_text(f"""
+[storage]
+database_url = "sqlite+aiosqlite:///{tmp_path / 'duet.db'}"
+media_dir = "{tmp_path / 'media'}"
+[render]
+steps = 2
+quality = "480p"
+[engine]
+weights_dir = "{weights_dir}"
+""")
+    return path
+
+
+def test_importing_the_cli_does_not_import_torch():
+    code = "import sys, bot.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_run_engine_refuses_missing_weights_and_names_the_files(tmp_path):
+    config = write_config(tmp_path, tmp_path / "weights")
+    run = subprocess.run(["./run_engine.sh", "--config", str(config), "--preset", "full"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 3
+    assert "missing weight files" in run.stderr
+    assert str(tmp_path / "weights" / "Wan2.1-I2V-14B-480P" / "multitalk.safetensors") in run.stderr
+    assert str(tmp_path / "weights" / "Kokoro-82M" / "kokoro-v1_0.pth") in run.stderr
+
+
+def test_render_refuses_a_bad_script_like_the_chat_does(tmp_path):
+    config = write_config(tmp_path, tmp_path / "weights")
+    script = tmp_path / "script.txt"
+    script.write_text("just one line without speakers")
+    result = CliRunner().invoke(main, ["--config", str(config), "render", "--photo-a", str(SAMPLES / "grace_hopper.jpg"),
+                                       "--photo-b", str(SAMPLES / "astronaut.png"), "--script", str(script),
+                                       "--preset", "tiny"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "Error" in result.output and "Traceback" not in result.output
+
+
+def test_render_with_full_weights_missing_names_them_instead_of_starting(tmp_path):
+    config = write_config(tmp_path, tmp_path / "weights")
+    script = tmp_path / "script.txt"
+    script.write_text("A: Hello there.\nB: Hi!")
+    result = CliRunner().invoke(main, ["--config", str(config), "render", "--photo-a", str(SAMPLES / "grace_hopper.jpg"),
+                                       "--photo-b", str(SAMPLES / "astronaut.png"), "--script", str(script),
+                                       "--preset", "full"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "missing weight files" in result.output and "multitalk.safetensors" in result.output
+
+
+@pytest.mark.slow
+def test_render_starts_an_engine_for_the_job_and_writes_the_mp4(tmp_path):
+    config = write_config(tmp_path, tmp_path / "weights")
+    script = tmp_path / "script.txt"
+    script.write_text("A: Hello there.\nB: Hi!")
+    out = tmp_path / "out" / "video.mp4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", "from bot.cli import main; main()", "--config", str(config), "render", "--photo-a", str(SAMPLES / "grace_hopper.jpg"),
+         "--photo-b", str(SAMPLES / "astronaut.png"), "--script", str(script), "--preset", "tiny", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "starting the render engine (tiny preset, 1 process(es))" in run.stderr
+    assert f"wrote {out}" in run.stderr.replace("\n", "")
+    with av.open(str(out)) as container:
+        assert float(container.streams.video[0].average_rate) == 25 and container.streams.audio
+
+
+def test_demo_says_plainly_that_tiny_output_is_noise(tmp_path, monkeypatch):
+    """Without weights the demo falls back to the tiny preset and says what that means, before queueing."""
+    import engine.cli as cli
+
+    config = write_config(tmp_path, tmp_path / "weights")
+    monkeypatch.setattr(cli, "submit_files", lambda *args, **kwargs: (_ for _ in ()).throw(SystemExit(7)))
+    monkeypatch.setattr(cli, "engine_is_serving", lambda settings: False)
+    result = CliRunner().invoke(main, ["--config", str(config), "demo"])
+    assert result.exit_code == 7
+    assert "NOISE" in result.output and "tiny preset" in result.output
