@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from storage import admin
-from storage.cli import Services, open_services
+from storage.cli import open_services
 from storage.contract import TERMINAL_STATES, JobState, Requester
 from storage.queue import JobRecord
 from storage.settings import Settings

@@ -219,7 +219,7 @@ class Leader:
 
     async def _reap(self) -> None:
         for job_id, state in await self._queue.reap():
-            logger.warning("reaped an expired job", extra={"action": "reap", "job_id": job_id, "state": str(state)})
+            logger.warning("reaped job %s -> %s", job_id, state, extra={"action": "reap", "job_id": job_id})
 
     async def _watch_signal(self) -> None:
         if self._signal is None or self.shutting_down:
@@ -234,7 +234,7 @@ class Leader:
                 return
             try:
                 await self._queue.requeue(job.job_id, job.token, reason=f"signal {self._signal}")
-                logger.info("requeued on shutdown", extra={"action": "requeue", "job_id": job.job_id})
+                logger.info("job %s requeued on shutdown", job.job_id, extra={"action": "requeue"})
             except LeaseLost:
                 logger.info("job already gone at shutdown", extra={"action": "requeue", "job_id": job.job_id})
 
@@ -276,11 +276,11 @@ class Leader:
             cancel_requested = await write
         except LeaseLost:
             if job.stop != StopCode.SHUTDOWN:
-                logger.warning("lease lost: stopping the job", extra={"action": "lease", "job_id": job.job_id})
+                logger.warning("lease of job %s lost: stopping it", job.job_id, extra={"action": "lease"})
                 job.stop = StopCode.LEASE_LOST
             return
         if cancel_requested and job.stop == StopCode.GO_ON:
-            logger.info("cancel requested", extra={"action": "cancel", "job_id": job.job_id})
+            logger.info("job %s: cancel requested", job.job_id, extra={"action": "cancel", "job_id": job.job_id})
             job.stop = StopCode.CANCELLED
 
     async def _settle(self, job: ActiveJob, coroutine_factory) -> None:

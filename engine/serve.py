@@ -147,7 +147,8 @@ def render_assignment(pipeline, assignment: Assignment, gate: StepGate, leader: 
     except DuetError as exc:  # the job itself cannot be rendered (too long, unknown LoRA, bad speech input)
         return RankOutcome("refused", exc.user_message, exc.admin_detail), None
     except Exception as exc:
-        logger.exception("render failed", extra={"action": "render", "job_id": assignment.job_id})
+        logger.exception("render of job %s failed", assignment.job_id,
+                         extra={"action": "render", "job_id": assignment.job_id})  # fmt: skip
         return RankOutcome("error", "The render failed.", _short_traceback(exc)), None
     if gate.code != StopCode.GO_ON:  # stopped after the last step boundary: e.g. requeued on SIGTERM meanwhile
         return RankOutcome("stopped", detail=gate.code.name), None
@@ -184,7 +185,7 @@ def settle(outcomes: list[RankOutcome], gate: StepGate, output):
             await store_result(queue, media, job, video=output.video_path, fitted=output.fitted_path,
                                duration_s=output.duration_s, width=output.width, height=output.height,
                                timings=output.timings)  # fmt: skip
-            logger.info("job succeeded", extra={"action": "complete", "job_id": job.job_id})
+            logger.info("job %s succeeded", job.job_id, extra={"action": "complete", "job_id": job.job_id})
 
     return write
 
@@ -238,7 +239,8 @@ def lead(
                 leader.settle(refuse(exc))
                 continue
             channel.announce(assignment)
-            logger.info("job claimed", extra={"action": "claim", "job_id": record.id, "attempt": record.attempts})
+            logger.info("job %s claimed (attempt %d)", record.id, record.attempts,
+                        extra={"action": "claim", "job_id": record.id})  # fmt: skip
             if not run_job(pipeline, assignment, channel, leader):
                 return 1
             if once:
@@ -274,8 +276,12 @@ def serve(options: ServeOptions) -> int:
             # torchrun signals every rank; only rank 0 acts, the others leave when it announces the stop.
             signal.signal(signal.SIGTERM, lambda signum, frame: logger.info("SIGTERM: waiting for rank 0"))
             return follow(pipeline, channel)
-        leader = Leader(settings, _worker_name(options, settings), time_limit_s=options.time_limit_s or
-                        settings.queue.job_timeout_s, requeue_on_signal="DUET_SUPERVISED" not in os.environ, info=_worker_info(options, groups, pipeline, load_s))  # fmt: skip
+        leader = Leader(
+            settings, _worker_name(options, settings),
+            time_limit_s=options.time_limit_s or settings.queue.job_timeout_s,
+            requeue_on_signal="DUET_SUPERVISED" not in os.environ,  # else engine/supervisor.py requeues
+            info=_worker_info(options, groups, pipeline, load_s),
+        )  # fmt: skip
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, frame: leader.request_shutdown(signum))
         leader.start()
@@ -353,8 +359,8 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.option("--time_limit_s", type=float, default=None, help="Per-job limit; default [queue] job_timeout_s.")
 @click.option("--worker_name", default=None, help="Name in `duet queue workers`; default host-pid.")
 @click.option("--check", is_flag=True, help="Only check that the preset's weight files exist; say what would load.")
-def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, sp_backend, t5_fsdp, dit_fsdp, frame_num, sample_shift,
-         offload_model, collective_timeout_s, time_limit_s, worker_name, check) -> None:  # fmt: skip
+def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, sp_backend, t5_fsdp, dit_fsdp, frame_num,
+         sample_shift, offload_model, collective_timeout_s, time_limit_s, worker_name, check) -> None:  # fmt: skip
     """Serve the render queue until drained or stopped (run it under torchrun; see run_engine.sh)."""
     try:
         settings = load_settings(config_path)

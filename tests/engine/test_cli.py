@@ -33,15 +33,19 @@ weights_dir = "{weights_dir}"
     return path
 
 
+def photos() -> list[str]:
+    return ["--photo-a", str(SAMPLES / "grace_hopper.jpg"), "--photo-b", str(SAMPLES / "astronaut.png")]
+
+
 def test_importing_the_cli_does_not_import_torch():
     code = "import sys, bot.cli; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
 
 
 def test_run_engine_refuses_missing_weights_and_names_the_files(tmp_path):
     config = write_config(tmp_path, tmp_path / "weights")
     run = subprocess.run(["./run_engine.sh", "--config", str(config), "--preset", "full"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert run.returncode == 3
     assert "missing weight files" in run.stderr
     assert str(tmp_path / "weights" / "Wan2.1-I2V-14B-480P" / "multitalk.safetensors") in run.stderr
@@ -52,8 +56,7 @@ def test_render_refuses_a_bad_script_like_the_chat_does(tmp_path):
     config = write_config(tmp_path, tmp_path / "weights")
     script = tmp_path / "script.txt"
     script.write_text("just one line without speakers")
-    result = CliRunner().invoke(main, ["--config", str(config), "render", "--photo-a", str(SAMPLES / "grace_hopper.jpg"),
-                                       "--photo-b", str(SAMPLES / "astronaut.png"), "--script", str(script),
+    result = CliRunner().invoke(main, ["--config", str(config), "render", *photos(), "--script", str(script),
                                        "--preset", "tiny"])  # fmt: skip
     assert result.exit_code == 1
     assert "Error" in result.output and "Traceback" not in result.output
@@ -63,8 +66,7 @@ def test_render_with_full_weights_missing_names_them_instead_of_starting(tmp_pat
     config = write_config(tmp_path, tmp_path / "weights")
     script = tmp_path / "script.txt"
     script.write_text("A: Hello there.\nB: Hi!")
-    result = CliRunner().invoke(main, ["--config", str(config), "render", "--photo-a", str(SAMPLES / "grace_hopper.jpg"),
-                                       "--photo-b", str(SAMPLES / "astronaut.png"), "--script", str(script),
+    result = CliRunner().invoke(main, ["--config", str(config), "render", *photos(), "--script", str(script),
                                        "--preset", "full"])  # fmt: skip
     assert result.exit_code == 1
     assert "missing weight files" in result.output and "multitalk.safetensors" in result.output
@@ -78,9 +80,9 @@ def test_render_starts_an_engine_for_the_job_and_writes_the_mp4(tmp_path):
     out = tmp_path / "out" / "video.mp4"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-c", "from bot.cli import main; main()", "--config", str(config), "render", "--photo-a", str(SAMPLES / "grace_hopper.jpg"),
-         "--photo-b", str(SAMPLES / "astronaut.png"), "--script", str(script), "--preset", "tiny", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", "from bot.cli import main; main()", "--config", str(config), "render", *photos(),
+         "--script", str(script), "--preset", "tiny", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "starting the render engine (tiny preset, 1 process(es))" in run.stderr
@@ -91,7 +93,7 @@ def test_render_starts_an_engine_for_the_job_and_writes_the_mp4(tmp_path):
 
 def test_demo_says_plainly_that_tiny_output_is_noise(tmp_path, monkeypatch):
     """Without weights the demo falls back to the tiny preset and says what that means, before queueing."""
-    import engine.cli as cli
+    from engine import cli
 
     config = write_config(tmp_path, tmp_path / "weights")
     monkeypatch.setattr(cli, "submit_files", lambda *args, **kwargs: (_ for _ in ()).throw(SystemExit(7)))

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import engine.serve as serve
 from bot.core.submit import Draft, enqueue, prepare
+from engine import serve
 from engine.leader import Leader, StopCode
 from engine.parallel.control import ControlChannel
 from engine.parallel.groups import ProcessGroups
@@ -253,3 +253,21 @@ def test_supervisor_restarts_a_crashing_group_and_the_breaker_pauses_claims(conf
         supervisor.stop(signal.SIGTERM)
         runner.join(30)
     assert exit_codes == [0] and len(supervisor.breaker.crashes) >= 2
+
+
+def test_the_engines_sample_shift_fills_in_only_jobs_without_one(prepared):
+    from storage.contract import JobSpec
+
+    spec = JobSpec(requester=prepared.draft.requester, inputs=_inputs(prepared), render=prepared.render)
+    assert JobSpec.from_json(serve.with_engine_defaults(spec, 3.0)).render.sample_shift == 3.0
+    chosen = spec.model_copy(update={"render": spec.render.model_copy(update={"sample_shift": 9.0})})
+    assert JobSpec.from_json(serve.with_engine_defaults(chosen, 3.0)).render.sample_shift == 9.0
+    assert JobSpec.from_json(serve.with_engine_defaults(spec, None)).render.sample_shift is None
+
+
+def _inputs(prepared):
+    from storage.contract import Inputs, Line, MediaRef
+
+    ref = {"size_bytes": 1, "sha256": "0" * 64}
+    return Inputs(photo_a=MediaRef(role="photo_a", **ref), photo_b=MediaRef(role="photo_b", **ref),
+                  dialogue=tuple(Line(speaker=line.speaker, text=line.text) for line in prepared.dialogue.lines))

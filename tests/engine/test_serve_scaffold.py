@@ -111,7 +111,7 @@ def _write_mp4(path: Path, latent: torch.Tensor, num_frames: int, audio_s: float
 
 
 def _serve_with_scaffold() -> None:
-    import engine.serve as serve
+    from engine import serve
 
     def make_request(assignment, work_dir):
         from storage.contract import JobSpec
