@@ -43,7 +43,8 @@ def _check_job_id(job_id: str) -> str:
         raise MediaError("Invalid job id.", f"not a UUID: {job_id!r}") from None
 
 
-def _write_atomically(path: Path, data: bytes) -> str:
+def write_atomically(path: Path, data: bytes) -> str:
+    """Temp file, fsync, rename, fsync the directory; returns the data's sha256. Readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(temp, "wb") as handle:
@@ -87,7 +88,7 @@ class MediaStore:
         if len(data) > self.max_file_bytes:
             raise MediaError("That file is too large.", f"{role}: {len(data)} bytes > {self.max_file_bytes}")
         path = self.path(job_id, role)
-        digest = await asyncio.to_thread(_write_atomically, path, data)
+        digest = await asyncio.to_thread(write_atomically, path, data)
         await self._record(job_id, role, path, len(data), digest)
         return MediaRef(role=role, size_bytes=len(data), sha256=digest)
 

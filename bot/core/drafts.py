@@ -10,7 +10,6 @@ old state or the new one. Drafts are pruned a day after their last change.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 import uuid
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bot.core.submit import Draft
 from storage.contract import Requester
+from storage.media import write_atomically
 
 PhotoSlot = Literal["A", "B"]
 DRAFT_TTL_S = 24 * 3600.0
@@ -52,15 +52,6 @@ class DraftState(BaseModel):
     @property
     def is_complete(self) -> bool:
         return self.has_photo_a and self.has_photo_b and bool(self.script)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
 
 
 class DraftStore:
@@ -103,7 +94,7 @@ class DraftStore:
     async def put_photo(self, draft_id: str, slot: PhotoSlot, data: bytes) -> DraftState:
         directory = self._dir(draft_id)
         await self.get(draft_id)
-        await asyncio.to_thread(_write_atomically, directory / f"photo_{slot.lower()}.bin", data)
+        await asyncio.to_thread(write_atomically, directory / f"photo_{slot.lower()}.bin", data)
         return await self.update(draft_id, **{f"has_photo_{slot.lower()}": True})
 
     async def to_draft(self, state: DraftState, *, idempotency_key: str | None = None) -> Draft:
@@ -153,6 +144,6 @@ class DraftStore:
 
         def write() -> None:
             directory.mkdir(parents=True, exist_ok=True)
-            _write_atomically(directory / "draft.json", state.model_dump_json().encode("utf-8"))
+            write_atomically(directory / "draft.json", state.model_dump_json().encode("utf-8"))
 
         await asyncio.to_thread(write)
