@@ -56,6 +56,7 @@ max_active_per_user = 20
 steps = 3
 [engine]
 preset = "tiny"
+worker_name = "test-engine"
 """)
     return path
 
@@ -114,23 +115,27 @@ def rendering(config: Path, job_id: str, *, min_step: int = 1) -> bool:
 
 
 class Engine:
-    """engine.supervisor around `torchrun --nproc_per_node=N` of the serve loop, as run_engine.sh starts it."""
+    """The service as operators start it: run_engine.sh (supervisor, torchrun, the real pipeline on the tiny
+    preset), or, with `step_s`, the same supervisor and torchrun around the scaffold pipeline of
+    test_serve_scaffold.py with that step time."""
 
-    def __init__(self, config: Path, tmp_path: Path, *, nproc: int = 2, extra: tuple[str, ...] = (),
-                 step_s: float | None = None, name: str = "engine") -> None:  # fmt: skip
-        """`step_s` None: the real pipeline (tiny preset); a number: the scaffold pipeline with that step time."""
-        self.config, self.name = config, f"test-{name}"
+    def __init__(self, config: Path, tmp_path: Path, *, nproc: int = 2, step_s: float | None = None,
+                 name: str = "engine") -> None:  # fmt: skip
+        self.config = config
         self.log = tmp_path / f"{name}.log"
-        program = ["-m", "engine.serve"] if step_s is None else [str(SCAFFOLD)]
-        if step_s is None and nproc > 1:
-            extra = ("--ulysses_size", str(nproc), *extra)
-        serve = [*program, "--config", str(config), "--collective_timeout_s", "3", *extra]
-        command = [
-            sys.executable, "-m", "engine.supervisor", "--config", str(config), "--worker_name", self.name,
-            "--breaker_crashes", "10", "--", sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "--max-restarts=0", *serve,
-        ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DUET_TEST_STEP_S": str(step_s or 0)}
+        if step_s is None:
+            self.name = load_settings(config).engine.worker_name
+            command = ["./run_engine.sh", "--gpus", str(nproc), "--config", str(config), "--collective_timeout_s", "3"]
+        else:
+            self.name = f"test-{name}"
+            command = [
+                sys.executable, "-m", "engine.supervisor", "--config", str(config), "--worker_name", self.name,
+                "--breaker_crashes", "10", "--", sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc}", "--max-restarts=0", str(SCAFFOLD), "--config", str(config),
+                "--collective_timeout_s", "3",
+            ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHON": sys.executable,
+               "DUET_TEST_STEP_S": str(step_s or 0)}  # fmt: skip
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)  # fmt: skip
