@@ -7,14 +7,15 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import Any
 
-from chat_helpers import PHOTO_A, PHOTO_B
+from chat_helpers import PHOTO_A, PHOTO_B, queue_sample_job
 from fakes.discord_server import FakeDiscord, FakeInteraction
 from fakes.recording import wait_until
 
 from bot.core.drafts import DraftStore
-from bot.core.service import BotService
+from bot.core.service import Actor, BotService
 from bot.delivery import DeliveryWatcher
 from bot.discord.client import DuetDiscordClient
+from storage.contract import Requester
 from storage.settings import DiscordSettings, Settings
 
 ONE_LINE_SCRIPT = "A: Hi, I am Grace. B: Hello Grace, nice to meet you!"
@@ -40,6 +41,15 @@ async def running_bot(fake: FakeDiscord, service: BotService, **watcher_options:
 def restart(service: BotService) -> BotService:
     """A new bot process: fresh service objects over the same database, media and drafts."""
     return BotService(service.settings, service.queue, service.media, DraftStore(service.drafts.root))
+
+
+async def queue_job(service: BotService, fake: FakeDiscord, user=None) -> str:
+    """A queued job of `user` (consent given) in the guild channel, from the sample composed once per
+    session: for tests about what happens to jobs, not about how a request becomes one."""
+    user = user or fake.user
+    await service.record_consent(Actor("discord", user.id))
+    requester = Requester(platform="discord", user_id=user.id, chat_id=fake.channel.id, guild_id=fake.guild.id)
+    return await queue_sample_job(service, requester)
 
 
 def components_of(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,29 +8,17 @@ import logging
 import subprocess
 import sys
 
-from chat_helpers import PHOTO_A, PHOTO_B, FakeEngine, make_mp4, open_service
-from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, running_bot
+from chat_helpers import FakeEngine, make_mp4, open_service
+from discord_helpers import DiscordUser, custom_ids, discord_settings, queue_job, running_bot
 from fakes.discord_server import ROUTE_GLOBAL_COMMANDS, ROUTE_GUILD_COMMANDS, FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 from pydantic import SecretStr
 
 from bot.app import run_bots
-from bot.core.service import Actor, BotService
-from storage.contract import JobState, Requester
+from storage.contract import JobState
 from storage.settings import DiscordSettings, HttpSettings, Secrets, Settings, StorageSettings
 
 ADMINISTRATOR = 1 << 3
-
-
-async def submit(service: BotService, fake: FakeDiscord, user) -> str:
-    actor = Actor("discord", user.id)
-    await service.record_consent(actor)
-    requester = Requester(platform="discord", user_id=user.id, chat_id=fake.channel.id, guild_id=fake.guild.id)
-    draft = await service.start_draft(requester)
-    await service.add_photo(draft.id, "A", PHOTO_A)
-    await service.add_photo(draft.id, "B", PHOTO_B)
-    await service.set_script(draft.id, ONE_LINE_SCRIPT)
-    return (await service.submit_draft(draft.id, actor)).job_id
 
 
 async def test_admin_commands_follow_the_allow_list_not_discord_permissions(tmp_path, fake_discord: FakeDiscord) -> None:
@@ -38,7 +26,7 @@ async def test_admin_commands_follow_the_allow_list_not_discord_permissions(tmp_
     bob = fake.add_user("bob")
     service = await open_service(tmp_path, discord_settings(fake, admin_ids=(bob.id,)))
     alice, admin = DiscordUser(fake), DiscordUser(fake, bob)
-    job_id = await submit(service, fake, fake.user)
+    job_id = await queue_job(service, fake)
     try:
         async with running_bot(fake, service):
             commands = {c["name"]: c for c in fake.calls(ROUTE_GUILD_COMMANDS)[0].params}
@@ -88,7 +76,7 @@ async def test_duet_bots_serves_discord_delivers_and_never_logs_the_token(
     fake = fake_discord
     settings = settings_for(fake, tmp_path)
     service = await open_service(tmp_path, settings, db_url=settings.storage.database_url)
-    job_id = await submit(service, fake, fake.user)  # finished while the bot was not running
+    job_id = await queue_job(service, fake)  # finished while the bot was not running
     engine = FakeEngine(service)
     job, token = await engine.claim()
     await engine.complete(job, token, make_mp4(0.5))

@@ -9,15 +9,14 @@ import time
 import av
 
 import pytest
-from chat_helpers import PHOTO_A, PHOTO_B, FakeEngine, make_mp4, open_service
-from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, running_bot
+from chat_helpers import FakeEngine, make_mp4, open_service
+from discord_helpers import ONE_LINE_SCRIPT, DiscordUser, custom_ids, discord_settings, queue_job, running_bot
 from fakes.discord_server import ROUTE_CREATE_MESSAGE, ROUTE_EDIT_MESSAGE, FakeDiscord
 from fakes.fixtures import fake_discord  # noqa: F401
 
-from bot.core.service import Actor, BotService
+from bot.core.service import BotService
 from bot.delivery import EditPolicy
 from bot.http import LinkSigner
-from storage.contract import Requester
 
 MIB = 2**20
 
@@ -29,24 +28,12 @@ async def service(tmp_path, fake_discord: FakeDiscord):
     await service.queue.db.dispose()
 
 
-async def submit(service: BotService, fake: FakeDiscord) -> str:
-    """A job of the fake's user in the guild channel, submitted the way a Render press does."""
-    actor = Actor("discord", fake.user.id)
-    await service.record_consent(actor)
-    requester = Requester(platform="discord", user_id=fake.user.id, chat_id=fake.channel.id, guild_id=fake.guild.id)
-    draft = await service.start_draft(requester)
-    await service.add_photo(draft.id, "A", PHOTO_A)
-    await service.add_photo(draft.id, "B", PHOTO_B)
-    await service.set_script(draft.id, ONE_LINE_SCRIPT)
-    return (await service.submit_draft(draft.id, actor)).job_id
-
-
 def posts(fake: FakeDiscord, *, ok: bool = True) -> list:
     return [c for c in fake.calls(ROUTE_CREATE_MESSAGE) if (c.status == 200) == ok]
 
 
 async def test_a_result_over_the_upload_limit_is_sent_as_the_fitted_copy(fake_discord: FakeDiscord, service: BotService) -> None:
-    job_id = await submit(service, fake_discord)
+    job_id = await queue_job(service, fake_discord)
     engine = FakeEngine(service)
     fitted = make_mp4(0.5)
     oversized = make_mp4(0.5) + bytes(11 * MIB)  # over the guild's 10 MiB
@@ -62,7 +49,7 @@ async def test_a_result_over_the_upload_limit_is_sent_as_the_fitted_copy(fake_di
 
 
 async def test_without_a_fitted_copy_one_is_encoded_to_fit(fake_discord: FakeDiscord, service: BotService) -> None:
-    job_id = await submit(service, fake_discord)
+    job_id = await queue_job(service, fake_discord)
     engine = FakeEngine(service)
     async with running_bot(fake_discord, service) as watcher:
         job, token = await engine.claim()
@@ -76,7 +63,7 @@ async def test_without_a_fitted_copy_one_is_encoded_to_fit(fake_discord: FakeDis
 
 
 async def test_without_a_copy_that_fits_a_signed_link_is_sent(fake_discord: FakeDiscord, service: BotService) -> None:
-    job_id = await submit(service, fake_discord)
+    job_id = await queue_job(service, fake_discord)
     engine = FakeEngine(service)
     signer = LinkSigner(b"link-secret", "https://duet.example", 24 * 3600.0)
     async with running_bot(fake_discord, service, link_signer=signer, reencode=False) as watcher:
@@ -96,7 +83,7 @@ async def test_without_a_copy_that_fits_a_signed_link_is_sent(fake_discord: Fake
 
 
 async def test_a_rate_limited_delivery_is_retried_after_the_delay(fake_discord: FakeDiscord, service: BotService) -> None:
-    job_id = await submit(service, fake_discord)
+    job_id = await queue_job(service, fake_discord)
     engine = FakeEngine(service)
     mp4 = make_mp4(0.5)
     async with running_bot(fake_discord, service) as watcher:
@@ -117,7 +104,7 @@ async def test_a_rate_limited_delivery_is_retried_after_the_delay(fake_discord: 
 async def test_status_messages_discord_would_not_edit_are_posted_afresh(
     fake_discord: FakeDiscord, service: BotService
 ) -> None:
-    job_id = await submit(service, fake_discord)
+    job_id = await queue_job(service, fake_discord)
     engine = FakeEngine(service)
     async with running_bot(fake_discord, service) as watcher:
         port = watcher.port
@@ -147,7 +134,7 @@ async def test_status_messages_discord_would_not_edit_are_posted_afresh(
 async def test_a_video_posted_but_not_recorded_is_found_not_posted_again(
     fake_discord: FakeDiscord, service: BotService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_id = await submit(service, fake_discord)
+    job_id = await queue_job(service, fake_discord)
     engine = FakeEngine(service)
     record = service.queue.mark_delivered
     failures = iter([ConnectionError("database went away right after the upload")])
