@@ -7,6 +7,8 @@
 #
 #   --gpus N      processes (default: every visible GPU; on a machine without CUDA, 1 process on the CPU, gloo)
 #   --config FILE bot_config.toml to use (default: $DUET_CONFIG, else ./bot_config.toml)
+#   --breaker_crashes N --breaker_jobs M --breaker_window_s S
+#                 pause claiming after N crashes touching M different jobs within S seconds (default 3, 2, 600)
 #   everything else goes to `python -m engine.serve` (see `python -m engine.serve --help`), e.g.
 #     --preset tiny             random weights, runs on the CPU, renders noise (for trying the path end to end)
 #     --once                    serve one job, then exit
@@ -34,12 +36,14 @@ PYTHON="${PYTHON:-python}"
 GPUS=""
 CONFIG="${DUET_CONFIG:-}"
 SERVE_ARGS=()
+SUPERVISOR_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --gpus) GPUS="$2"; shift 2 ;;
     --gpus=*) GPUS="${1#*=}"; shift ;;
     --config) CONFIG="$2"; shift 2 ;;
     --config=*) CONFIG="${1#*=}"; shift ;;
+    --breaker_crashes|--breaker_jobs|--breaker_window_s) SUPERVISOR_ARGS+=("$1" "$2"); shift 2 ;;
     *) SERVE_ARGS+=("$1"); shift ;;
   esac
 done
@@ -61,6 +65,6 @@ fi
 "$PYTHON" -m engine.serve "${CONFIG_ARGS[@]}" "${SERVE_ARGS[@]}" --check
 
 echo "run_engine.sh: starting $GPUS process(es) at $(date -u +%FT%TZ)" >&2
-exec "$PYTHON" -m engine.supervisor "${CONFIG_ARGS[@]}" -- \
+exec "$PYTHON" -m engine.supervisor "${CONFIG_ARGS[@]}" "${SUPERVISOR_ARGS[@]}" -- \
   "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" --max-restarts=0 \
   -m engine.serve "${CONFIG_ARGS[@]}" "${SERVE_ARGS[@]}"

@@ -105,7 +105,8 @@ class Leader:
 
     @property
     def should_stop(self) -> bool:
-        return self.shutting_down or self.drain_requested
+        # `_signal` too, not only the watcher's flag: the handler runs on the main thread before its next claim.
+        return self._signal is not None or self.shutting_down or self.drain_requested
 
     def wait_idle(self, seconds: float) -> None:
         """Sleep between polls of an empty queue; a signal or a drain request ends the nap early."""

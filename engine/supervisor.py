@@ -114,18 +114,21 @@ class Supervisor:
         self.group: subprocess.Popen | None = None
 
     def stop(self, signum: int, _frame=None) -> None:
-        """Operator stop: requeue our job uncharged, then let torchrun stop the ranks (30 s grace)."""
+        """Operator stop (a signal handler: flags and the signal only). The ranks hear it first, so that rank 0
+        claims nothing more; `_wait` then requeues our running job, uncharged, within torchrun's 30 s grace, and
+        `run` once more after the group is gone, for a claim that was already on its way."""
         if self.stopping:
             return
         self.stopping = True
         self.stopping_since = time.monotonic()
-        logger.info("signal %d: requeueing the current job and stopping the engine", signum)
-        try:
-            requeued = asyncio.run(requeue_running(self.settings, self.worker_name))
-            logger.info("requeued %s", requeued or "nothing")
-        finally:
-            if self.group is not None and self.group.poll() is None:
-                os.killpg(self.group.pid, signal.SIGTERM)
+        logger.info("signal %d: stopping the engine and requeueing its job", signum)
+        if self.group is not None and self.group.poll() is None:
+            os.killpg(self.group.pid, signal.SIGTERM)
+
+    def _requeue(self) -> None:
+        requeued = asyncio.run(requeue_running(self.settings, self.worker_name))
+        if requeued:
+            logger.info("requeued %s", ", ".join(requeued))
 
     def run(self) -> int:
         pause_s = 1.0
@@ -134,8 +137,11 @@ class Supervisor:
             env = {**os.environ, "DUET_WORKER_NAME": self.worker_name, "DUET_SUPERVISED": "1"}
             self.group = subprocess.Popen(self.command, env=env, start_new_session=True)
             code = self._wait(self.group)
-            if self.stopping or code == 0:
-                return 0 if self.stopping else code
+            if self.stopping:
+                self._requeue()
+                return 0
+            if code == 0:
+                return 0
             jobs = asyncio.run(running_jobs(self.settings, self.worker_name))
             job_id = jobs[0][0] if jobs else None
             logger.error("engine group exited with %d (job %s); restarting in %.0f s", code, job_id, pause_s)
@@ -151,12 +157,15 @@ class Supervisor:
                 return 0
 
     def _wait(self, group: subprocess.Popen) -> int:
-        """The group's exit code; once stopping, SIGKILL whatever is left after the grace."""
+        """The group's exit code; once stopping, requeue at once and SIGKILL whatever is left after the grace."""
+        requeued = False
         while self.stopping_since is None or time.monotonic() - self.stopping_since < STOP_GRACE_S:
             try:
-                return group.wait(timeout=0.5)
+                return group.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
-                continue
+                if self.stopping and not requeued:
+                    self._requeue()
+                    requeued = True
         logger.error("engine did not stop within %.0f s: killing it", STOP_GRACE_S)
         os.killpg(group.pid, signal.SIGKILL)
         return group.wait()
