@@ -14,10 +14,12 @@
 #     --once                    serve one job, then exit
 #     --ulysses_size N          sequence parallelism over N GPUs (default: --gpus when N > 1)
 #     --offload_model true      keep T5 on the CPU
+#     --dit_fsdp --t5_fsdp      shard the DiT's blocks / T5's layers over the processes (FSDP)
+#     --sp_backend xfuser --ring_size R   xfuser 0.4.5's Ulysses x ring attention instead of the built-in Ulysses
 #
 # Stop: SIGTERM (systemd stop, Ctrl-C) requeues the current job without charging an attempt and exits within
-# 40 s. Finish the current job, then stop: `duet queue workers --drain`. Set systemd's TimeoutStopSec ≥ 45 s and
-# KillMode=mixed, so that only this script receives the signal (torchrun then stops the ranks in order).
+# 40 s. Finish the current job, then stop: `duet queue workers --drain NAME` (or `all`). Set systemd's
+# TimeoutStopSec ≥ 45 s and KillMode=mixed, so that only this script receives the signal (it stops the ranks).
 #
 # NCCL settings (export them before starting; the defaults are right on a healthy NVLink host):
 #   NCCL_P2P_DISABLE=1 NCCL_IB_DISABLE=1   the known fix for multi-GPU runs that hang at start on some PCIe hosts
