@@ -96,11 +96,10 @@ def main() -> None:
         from engine.parallel.xfuser_attention import XFuserAttention
 
         xfuser = XFuserAttention(ParallelConfig(ulysses_size=world), groups)
-        for dtype in dtypes:
-            name = str(dtype).removeprefix("torch.")
-            report[f"xfuser_attention_{name}"] = _check_attention(
-                xfuser, tokens=4096, heads=8, dtype=dtype, device=device, rank=rank, world=world
-            )
+        # bf16 only: its cuDNN kernel has no fp32 path.
+        report["xfuser_attention_bfloat16"] = _check_attention(
+            xfuser, tokens=4096, heads=8, dtype=torch.bfloat16, device=device, rank=rank, world=world
+        )
     worst: list = [None] * world
     torch.distributed.all_gather_object(worst, report, group=groups.control)
     if rank == 0:
