@@ -17,7 +17,7 @@ import click
 from bot.core.errors import InputError
 from bot.core.script import decode_script_bytes, parse_script
 from bot.core.limits import script_limits
-from engine.cli import demo_command, render_command
+from bot.render import demo_command, render_command
 from storage.cli import emit_json, queue_group, run_with_services, settings_from
 from storage.contract import Requester
 
@@ -38,7 +38,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 main.add_command(queue_group)
-main.add_command(render_command)  # engine.cli imports torch only inside the commands
+main.add_command(render_command)  # bot.render starts the engine in another process: no torch here
 main.add_command(demo_command)
 
 

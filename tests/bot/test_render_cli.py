@@ -93,7 +93,7 @@ def test_render_starts_an_engine_for_the_job_and_writes_the_mp4(tmp_path):
 
 def test_demo_says_plainly_that_tiny_output_is_noise(tmp_path, monkeypatch):
     """Without weights the demo falls back to the tiny preset and says what that means, before queueing."""
-    from engine import cli
+    from bot import render as cli
 
     config = write_config(tmp_path, tmp_path / "weights")
     monkeypatch.setattr(cli, "submit_files", lambda *args, **kwargs: (_ for _ in ()).throw(SystemExit(7)))

@@ -26,7 +26,7 @@ from storage.contract import TERMINAL_STATES, JobState, Requester
 from storage.queue import JobRecord
 from storage.settings import Settings
 
-SAMPLES = Path(__file__).resolve().parents[1] / "bot" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "samples"
 POLL_S = 0.5
 TINY_WARNING = (
     "No model weights found under {weights}: rendering with the tiny preset instead. Its weights are random, so "
