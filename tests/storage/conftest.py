@@ -39,7 +39,14 @@ async def _create_pg_database(base: str) -> tuple[str, str]:
 
 
 async def _drop_pg_database(base: str, name: str) -> None:
-    await _admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    # FORCE cannot end a backend of another role (an autovacuum worker that just started on the new database):
+    # wait for it briefly; a database left behind in a throwaway CI cluster is harmless.
+    for _ in range(20):
+        try:
+            await _admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            await asyncio.sleep(0.25)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
