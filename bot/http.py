@@ -81,22 +81,8 @@ async def render_metrics(queue: JobQueue, metrics: DeliveryMetrics) -> str:
         "# TYPE duet_jobs gauge",
     ]
     lines += [f'duet_jobs{{state="{_escape_label(state)}"}} {count}' for state, count in sorted(stats.counts.items())]
-    lines += [
-        "# HELP duet_queue_wait_seconds Time from submission to start over the last day.",
-        "# TYPE duet_queue_wait_seconds summary",
-    ]
-    for quantile, value in (("0.5", stats.queue_wait.p50_s), ("0.95", stats.queue_wait.p95_s)):
-        if value is not None:
-            lines.append(f'duet_queue_wait_seconds{{quantile="{quantile}"}} {value:.3f}')
-    lines.append(f"duet_queue_wait_seconds_count {stats.queue_wait.count}")
-    lines += [
-        "# HELP duet_render_seconds Time from start to success over the last day.",
-        "# TYPE duet_render_seconds summary",
-    ]
-    for quantile, value in (("0.5", stats.render_time.p50_s), ("0.95", stats.render_time.p95_s)):
-        if value is not None:
-            lines.append(f'duet_render_seconds{{quantile="{quantile}"}} {value:.3f}')
-    lines.append(f"duet_render_seconds_count {stats.render_time.count}")
+    lines += _summary("duet_queue_wait_seconds", "Time from submission to start over the last day.", stats.queue_wait)
+    lines += _summary("duet_render_seconds", "Time from start to success over the last day.", stats.render_time)
     lines += [
         "# HELP duet_delivery_latency_seconds Time from a job's success to its video posted, this process.",
         "# TYPE duet_delivery_latency_seconds summary",
@@ -153,3 +139,13 @@ def build_http_app(
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/metrics", metrics_page), web.get("/v/{token}", download)])
     return app
+
+
+def _summary(name: str, description: str, percentiles) -> list[str]:
+    """A Prometheus summary from `storage.admin.Percentiles`: p50/p95 when known, and the count."""
+    lines = [f"# HELP {name} {description}", f"# TYPE {name} summary"]
+    for quantile, value in (("0.5", percentiles.p50_s), ("0.95", percentiles.p95_s)):
+        if value is not None:
+            lines.append(f'{name}{{quantile="{quantile}"}} {value:.3f}')
+    lines.append(f"{name}_count {percentiles.count}")
+    return lines
