@@ -141,7 +141,7 @@ def build_http_app(
     return app
 
 
-def _summary(name: str, description: str, percentiles) -> list[str]:
+def _summary(name: str, description: str, percentiles: admin.Percentiles) -> list[str]:
     """A Prometheus summary from `storage.admin.Percentiles`: p50/p95 when known, and the count."""
     lines = [f"# HELP {name} {description}", f"# TYPE {name} summary"]
     for quantile, value in (("0.5", percentiles.p50_s), ("0.95", percentiles.p95_s)):
