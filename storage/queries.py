@@ -49,42 +49,63 @@ def insert_event(job_id: str, at: float, kind: str, actor: str | None = None, de
 # ---- the worker's verbs -----------------------------------------------------------------------------
 
 
+def _claimable():
+    """A job a worker may take now: queued, due, and claims not paused by an operator."""
+    claims_paused = select(QueueControl.claims_paused).where(QueueControl.id == 1).scalar_subquery()
+    return and_(J.c.state == QUEUED, J.c.run_after <= _p("now"), or_(claims_paused.is_(None), claims_paused.is_(False)))
+
+
+def _lease_to_worker(stmt):
+    """The claim's state change: running under a new lease; the attempt is counted here, so a crash counts."""
+    return stmt.values(
+        state=RUNNING,
+        attempts=J.c.attempts + 1,
+        lease_owner=_p("worker"),
+        lease_token=_p("token"),
+        lease_expires_at=_p("lease_until"),
+        deadline_at=_p("deadline"),
+        heartbeat_at=_p("now"),
+        started_at=_p("now"),
+        stage=None,
+        progress=0.0,
+        progress_detail=None,
+        updated_at=_p("now"),
+    ).returning(*J.c)
+
+
+def _claim_params(worker: str, token: str, now: float, lease_s: float, timeout_s: float) -> dict[str, Any]:
+    return {"p_worker": worker, "p_token": token, "p_now": now, "p_lease_until": now + lease_s,
+            "p_deadline": now + timeout_s}  # fmt: skip
+
+
 @cache
 def _claim_next():
-    claims_paused = select(QueueControl.claims_paused).where(QueueControl.id == 1).scalar_subquery()
     next_id = (
         select(J.c.id)
-        .where(J.c.state == QUEUED, J.c.run_after <= _p("now"), or_(claims_paused.is_(None), claims_paused.is_(False)))
+        .where(_claimable())
         .order_by(J.c.priority.desc(), J.c.fair_round, J.c.created_at, J.c.id)  # = ix_jobs_claim_order
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    return (
-        update(J)
-        .where(J.c.id == next_id, J.c.state == QUEUED)
-        .values(
-            state=RUNNING,
-            attempts=J.c.attempts + 1,
-            lease_owner=_p("worker"),
-            lease_token=_p("token"),
-            lease_expires_at=_p("lease_until"),
-            deadline_at=_p("deadline"),
-            heartbeat_at=_p("now"),
-            started_at=_p("now"),
-            stage=None,
-            progress=0.0,
-            progress_detail=None,
-            updated_at=_p("now"),
-        )
-        .returning(*J.c)
-    )
+    return _lease_to_worker(update(J).where(J.c.id == next_id, J.c.state == QUEUED))
 
 
 def claim_next(*, worker: str, token: str, now: float, lease_s: float, timeout_s: float) -> Query:
     """Take the first claimable job: highest priority, then round-robin over users, then oldest."""
-    params = {"p_worker": worker, "p_token": token, "p_now": now, "p_lease_until": now + lease_s}
-    return _claim_next(), params | {"p_deadline": now + timeout_s}
+    return _claim_next(), _claim_params(worker, token, now, lease_s, timeout_s)
+
+
+@cache
+def _claim_job():
+    # No SKIP LOCKED needed: on PostgreSQL a second claimer of the same row waits for the first to commit, then
+    # re-checks the WHERE against the row it left (running) and matches nothing.
+    return _lease_to_worker(update(J).where(J.c.id == _p("job"), _claimable()))
+
+
+def claim_job(job_id: str, *, worker: str, token: str, now: float, lease_s: float, timeout_s: float) -> Query:
+    """Take this one job if it is claimable now, whatever is ahead of it in the queue."""
+    return _claim_job(), _claim_params(worker, token, now, lease_s, timeout_s) | {"p_job": job_id}
 
 
 def _fenced():

@@ -250,15 +250,20 @@ class JobQueue:
 
     # ---- the worker's side --------------------------------------------------------------------------
 
-    async def claim(self, worker: str) -> JobRecord | None:
-        """Lease the next job to `worker` (one atomic statement), or None when nothing is claimable."""
+    async def claim(self, worker: str, *, job_id: str | None = None) -> JobRecord | None:
+        """Lease the next job to `worker` (one atomic statement), or None when nothing is claimable.
+
+        With `job_id`, only that job, and only if it is claimable now (queued, due, claims not paused): a one-shot
+        engine started for one job must not take someone else's that is ahead of it. None then says nothing about
+        why; `get` tells whether it is worth waiting for.
+        """
         token = str(uuid.uuid4())
+        lease = {"worker": worker, "token": token, "lease_s": self.settings.lease_s,
+                 "timeout_s": self.settings.job_timeout_s}  # fmt: skip
 
         async def unit(conn: AsyncConnection) -> JobRecord | None:
             now = self.clock()
-            query = q.claim_next(
-                worker=worker, token=token, now=now, lease_s=self.settings.lease_s, timeout_s=self.settings.job_timeout_s
-            )
+            query = q.claim_next(now=now, **lease) if job_id is None else q.claim_job(job_id, now=now, **lease)
             row = (await conn.execute(*query)).first()
             if row is None:
                 return None
