@@ -53,7 +53,7 @@ from engine.quantize import quantize_dit_fp8, relative_error
 from engine.sampling import FlowMatchEulerScheduler, default_shift, initial_noise, make_generator, sample_chunk
 from engine.stages.render import DiTVelocity
 
-MODES = ("exact", "teacache", "fp8", "fp8+teacache", "distilled")
+MODES = ("exact", "teacache", "fp8", "fp8+teacache", "distilled", "fp8+distilled")
 SEED = 42
 EXACT_GUIDANCE = GuidanceConfig()  # the reference CLI's text 5, audio 4: 3 passes
 DISTILLED_GUIDANCE = GuidanceConfig(text_scale=1.0)  # 2 passes, as the step-distilled LoRAs run
@@ -195,35 +195,33 @@ def bench_modes(
     teacache_threshold: float = 0.2,
     warmup: int = 1,
 ) -> list[ModeResult]:
-    """Run every mode in `modes` (and the exact reference it needs) -> one result per mode, in `modes` order.
+    """Run every mode in `modes` (and the exact references they need) -> one result per mode, exact first.
 
-    `runner` is `model` itself or the sequence-parallel wrapper around it; every rank calls this. The FP8 modes
-    quantize `model` in place, so it is FP8 afterwards.
+    A mode name joins its switches with "+" (`fp8+teacache`). `runner` is `model` itself or the sequence-parallel
+    wrapper around it; every rank calls this. FP8 modes quantize `model` in place, so they run after every
+    model-dtype run (the exact references included) and `model` is FP8 afterwards.
     """
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
     bench = ModeBench(runner, size=size, frames=frames, warmup=warmup)
-    exact = bench.run(EXACT_GUIDANCE, steps)
-    exact_name = f"exact, {steps} steps"
-    results = {"exact": _result(bench, "exact", exact, EXACT_GUIDANCE, exact, exact_name)}
-    if "teacache" in modes:
-        run = bench.run(EXACT_GUIDANCE, steps, teacache_threshold)
-        results["teacache"] = _result(bench, "teacache", run, EXACT_GUIDANCE, exact, exact_name)
-    if "distilled" in modes:
-        reference = exact if distilled_steps == steps else bench.run(EXACT_GUIDANCE, distilled_steps)
-        run = bench.run(DISTILLED_GUIDANCE, distilled_steps)
-        results["distilled"] = _result(
-            bench, "distilled", run, DISTILLED_GUIDANCE, reference, f"exact, {distilled_steps} steps"
-        )
-    if "fp8" in modes or "fp8+teacache" in modes:
-        quantize_dit_fp8(model)  # irreversible: every model-dtype mode has run
-        if "fp8" in modes:
-            results["fp8"] = _result(bench, "fp8", bench.run(EXACT_GUIDANCE, steps), EXACT_GUIDANCE, exact,
-                                     exact_name)
-        if "fp8+teacache" in modes:
-            run = bench.run(EXACT_GUIDANCE, steps, teacache_threshold)
-            results["fp8+teacache"] = _result(bench, "fp8+teacache", run, EXACT_GUIDANCE, exact, exact_name)
+    references = {steps: bench.run(EXACT_GUIDANCE, steps)}
+    if any("distilled" in mode for mode in modes) and distilled_steps not in references:
+        references[distilled_steps] = bench.run(EXACT_GUIDANCE, distilled_steps)
+    results: dict[str, ModeResult] = {}
+    is_quantized = False
+    for mode in sorted(dict.fromkeys(["exact", *modes]), key=lambda m: "fp8" in m):  # stable: bf16 modes first
+        switches = set(mode.split("+"))
+        if "fp8" in switches and not is_quantized:
+            quantize_dit_fp8(model)
+            is_quantized = True
+        is_distilled = "distilled" in switches
+        guidance = DISTILLED_GUIDANCE if is_distilled else EXACT_GUIDANCE
+        mode_steps = distilled_steps if is_distilled else steps
+        reference = references[mode_steps]
+        threshold = teacache_threshold if "teacache" in switches else None
+        run = reference if mode == "exact" else bench.run(guidance, mode_steps, threshold)
+        results[mode] = _result(bench, mode, run, guidance, reference, f"exact, {mode_steps} steps")
     return [results[mode] for mode in dict.fromkeys(["exact", *modes])]
 
 
