@@ -1,8 +1,9 @@
 """`duet render` and `duet demo`: one video from files, without a chat, through the same queue and engine.
 
 The request goes through the chat bots' validation and composition (`bot.core.submit.prepare`) and into the
-queue as a `cli` job; if no engine is serving the queue, one is started for this job (`engine.serve --once`,
-under torchrun when there are several GPUs); a progress bar follows the job; the MP4 is copied out at the end.
+queue as a `cli` job; if no engine is serving the queue, one is started for this job alone (`engine.serve
+--job_id`, under torchrun when there are several GPUs: it never takes another job queued ahead of this one); a
+progress bar follows the job; the MP4 is copied out at the end.
 Importing this module imports neither torch nor the chat libraries: `duet queue` must work without them.
 """
 
@@ -33,6 +34,7 @@ TINY_WARNING = (
     "the video will be NOISE with the right length, size and voices' timing. Put the checkpoints in place "
     "(weights/README.md) for a real video."
 )
+ONE_JOB_ENGINE = "duet-render-"  # worker name prefix of an engine started here for one job
 STAGE_NAMES = {"tts": "speech", "audio": "audio features", "encode": "encoding", "render": "rendering",
                "decode": "decoding", "mux": "writing the MP4"}  # fmt: skip
 
@@ -73,13 +75,16 @@ def submit_files(settings: Settings, *, photo_a: bytes, photo_b: bytes, script: 
 
 
 def engine_is_serving(settings: Settings) -> bool:
+    """Whether an engine serves the queue (one that another `duet render` started serves only its own job)."""
     workers = _run(settings, lambda s: admin.list_workers(s.queue))
-    return any(worker["state"] in ("idle", "busy") for worker in workers)
+    return any(w["state"] in ("idle", "busy") and not w["id"].startswith(ONE_JOB_ENGINE) for w in workers)
 
 
-def start_engine(config_path: str | None, preset: str, gpus: int, log_path: Path) -> subprocess.Popen:
-    """`engine.serve --once` for the job just queued: one process on the CPU or one GPU, torchrun for several."""
-    serve = ["-m", "engine.serve", "--once", "--preset", preset]
+def start_engine(config_path: str | None, preset: str, gpus: int, log_path: Path, job_id: str) -> subprocess.Popen:
+    """`engine.serve --job_id` for the job just queued: one process on the CPU or one GPU, torchrun for several.
+    Its own worker name keeps it apart from a configured engine's ([engine] worker_name)."""
+    serve = ["-m", "engine.serve", "--job_id", job_id, "--worker_name", f"{ONE_JOB_ENGINE}{job_id[:8]}",
+             "--preset", preset]  # fmt: skip
     if config_path:
         serve += ["--config", config_path]
     if gpus > 1:
@@ -154,7 +159,7 @@ def render_files(ctx: click.Context, *, photo_a: bytes, photo_b: bytes, script: 
 
         count = gpus if gpus is not None else max(1, torch.cuda.device_count())
         console.print(f"starting the render engine ({preset} preset, {count} process(es)); log: {log_path}")
-        engine = start_engine(_config_path(ctx), preset, count, log_path)
+        engine = start_engine(_config_path(ctx), preset, count, log_path, job_id)
     try:
         record = follow_job(settings, job_id, engine, log_path)
     finally:

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 from storage import admin
 from storage.cli import Services, open_services
-from storage.contract import JobResult
-from storage.errors import LeaseLost, MediaError
+from storage.contract import JobResult, JobState
+from storage.errors import JobNotFound, LeaseLost, MediaError
 from storage.queue import JobRecord
 from storage.settings import Settings
 
@@ -67,9 +67,12 @@ class ActiveJob:
 
 class Leader:
     def __init__(
-        self, settings: Settings, worker_id: str, *, time_limit_s: float, requeue_on_signal: bool, info: dict[str, Any]
-    ) -> None:
+        self, settings: Settings, worker_id: str, *, time_limit_s: float, requeue_on_signal: bool, info: dict[str, Any],
+        job_id: str | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
+        # An engine started for one job (`duet render`) claims that job only, never one queued ahead of it.
+        self.job_id = job_id
         # Under engine/supervisor.py the supervisor requeues on an operator's SIGTERM; the SIGTERM rank 0 sees may
         # then also be torchrun tearing the group down after a crash, which must not be requeued uncharged.
         self.requeue_on_signal = requeue_on_signal
@@ -118,10 +121,23 @@ class Leader:
     def claim(self) -> JobRecord | None:
         if self.should_stop:
             return None
-        record = self._call(self._queue.claim(self.worker_id))
+        record = self._call(self._queue.claim(self.worker_id, job_id=self.job_id))
         if record is not None:
             self._call(self._begin(record))
         return record
+
+    def why_job_is_out_of_reach(self) -> str | None:
+        """For an engine started for one job: why that job can no longer become ours (it ended, another worker
+        holds it, it is gone), or None while it may still be claimed (queued: backing off, or claims paused)."""
+        try:
+            record = self._call(self._queue.get(self.job_id))
+        except JobNotFound:
+            return "not in the queue"
+        if record.state == JobState.QUEUED:
+            return None
+        if record.state == JobState.RUNNING:
+            return f"taken by worker {record.lease_owner}"
+        return f"{record.state} already"
 
     def report(self, stage: str, done: int, total: int) -> None:
         """Progress from the render (every step); written by the progress task, coalesced, never blocking."""

@@ -9,7 +9,8 @@ the owner's cancel, a lost lease, SIGTERM (rank 0 has already requeued the job w
 the per-job time limit. After a job every rank reports its outcome; if the ranks disagree (one failed while the
 others did not), the group may be stuck mid-collective, so every rank exits non-zero and the supervisor
 (engine/supervisor.py, started by run_engine.sh) restarts it. A drain request finishes the current job and
-exits 0; `--once` serves one job and exits.
+exits 0; `--once` serves one job and exits; `--job_id` serves that job only (`duet render` starts such an engine
+for its own job, which must not take another one queued ahead of it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import click
 import torch
 
 from engine.leader import ActiveJob, Leader, StopCode, store_result
+from engine.models.attention import DEFAULT_BACKEND, attention_backends
 from engine.parallel.control import ControlChannel
 from engine.parallel.groups import ParallelConfig, ProcessGroups, destroy_groups, init_groups
 from engine.sampling import RenderCancelled
@@ -55,6 +57,9 @@ class ServeOptions:
     offload_model: bool
     time_limit_s: float | None  # None: [queue] job_timeout_s
     worker_name: str | None
+    job_id: str | None = None  # serve this one job only, then exit (`duet render` starts an engine for its job)
+    attention: str | None = None  # a registered attention backend; None: the preset's (DiTConfig's default)
+    compile: bool = False  # torch.compile the DiT's blocks (engine.acceleration)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
     preset = get_preset(options.preset or settings.engine.preset)
     if options.frame_num is not None:
         preset = replace(preset, frame_num=options.frame_num)
+    if options.attention is not None:  # through the config, so the sequence-parallel wrapper's local kernel follows
+        preset = replace(preset, dit=replace(preset.dit, attention_backend=options.attention))
     options.parallel.check(groups.world_size, preset.dit.num_heads)
     placement = Placement(device=str(groups.device), t5_device="cpu" if options.offload_model else None)
     weights_dir = options.weights_dir or settings.engine.weights_dir
@@ -105,6 +112,10 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
             backend = XFuserAttention(options.parallel, groups)
         parallel_dit = SequenceParallelDiT(pipeline.models.dit, groups.world, attention_backend=backend)
         pipeline.make_velocity = lambda dit, teacache: DiTVelocity(parallel_dit, teacache)  # type: ignore[arg-type]
+    if options.compile:
+        from engine.acceleration import compile_blocks
+
+        compile_blocks(pipeline.models.dit)  # compiles lazily, at the first forward of each input shape
     return pipeline
 
 
@@ -125,18 +136,19 @@ class StepGate:
         return self.code != StopCode.GO_ON
 
 
-def make_request(assignment: Assignment, work_dir: Path):
+def make_request(assignment: Assignment, work_dir: Path, *, rank: int):
+    """Every rank renders; only rank 0's MP4 is stored, so the others skip the mux."""
     from engine.pipeline import RenderRequest
 
     return RenderRequest(
         spec=JobSpec.from_json(assignment.spec_json), frame_path=Path(assignment.frame_path), work_dir=work_dir,
-        job_id=assignment.job_id,
+        job_id=assignment.job_id, writes_video=rank == 0,
     )  # fmt: skip
 
 
 def render_assignment(pipeline, assignment: Assignment, gate: StepGate, leader: Leader | None, work_dir: Path):
     """Render on this rank; returns (outcome, output or None). Never raises for a job's own failure."""
-    request = make_request(assignment, work_dir)
+    request = make_request(assignment, work_dir, rank=gate.channel.rank)
     on_progress = leader.report if leader is not None else (lambda stage, done, total: None)
     try:
         output = pipeline.render(request, on_progress=on_progress, is_cancel_requested=gate)
@@ -152,6 +164,9 @@ def render_assignment(pipeline, assignment: Assignment, gate: StepGate, leader: 
         return RankOutcome("error", "The render failed.", _short_traceback(exc)), None
     if gate.code != StopCode.GO_ON:  # stopped after the last step boundary: e.g. requeued on SIGTERM meanwhile
         return RankOutcome("stopped", detail=gate.code.name), None
+    stages = ", ".join(f"{timing.stage} {timing.seconds:.1f} s" for timing in output.timings)
+    logger.info("job %s rendered: %s", assignment.job_id, stages,
+                extra={"action": "render", "job_id": assignment.job_id})  # fmt: skip
     return RankOutcome("ok"), output
 
 
@@ -225,11 +240,19 @@ def refuse(error: DuetError):
 def lead(
     pipeline, channel: ControlChannel, leader: Leader, settings: Settings, *, once: bool, sample_shift: float | None
 ) -> int:
-    """Rank 0: claim, announce, render, settle; until drained, signalled, or (with --once) one job is done."""
+    """Rank 0: claim, announce, render, settle; until drained, signalled, or (with --once) one job is done.
+
+    An engine started for one job (`leader.job_id`) waits while that job is queued but not claimable yet, and
+    stops, with nothing to do, once it cannot become ours any more.
+    """
     try:
         while not leader.should_stop:
             record = leader.claim()
             if record is None:
+                if leader.job_id is not None and (reason := leader.why_job_is_out_of_reach()) is not None:
+                    logger.info("job %s is %s: nothing to render here", leader.job_id, reason,
+                                extra={"action": "claim", "job_id": leader.job_id})  # fmt: skip
+                    break
                 leader.wait_idle(settings.queue.poll_interval_s)
                 continue
             try:
@@ -280,12 +303,13 @@ def serve(options: ServeOptions) -> int:
             settings, _worker_name(options, settings),
             time_limit_s=options.time_limit_s or settings.queue.job_timeout_s,
             requeue_on_signal="DUET_SUPERVISED" not in os.environ,  # else engine/supervisor.py requeues
-            info=_worker_info(options, groups, pipeline, load_s),
+            info=_worker_info(options, groups, pipeline, load_s), job_id=options.job_id,
         )  # fmt: skip
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, frame: leader.request_shutdown(signum))
         leader.start()
-        return lead(pipeline, channel, leader, settings, once=options.once, sample_shift=options.sample_shift)
+        once = options.once or options.job_id is not None
+        return lead(pipeline, channel, leader, settings, once=once, sample_shift=options.sample_shift)
     finally:
         if leader is not None:
             leader.close()
@@ -302,6 +326,7 @@ def _worker_info(options: ServeOptions, groups: ProcessGroups, pipeline, load_s:
         "host": socket.gethostname(), "pid": os.getpid(), "world_size": groups.world_size,
         "preset": pipeline.models.preset.name, "device": str(groups.device), "backend": groups.backend,
         "ulysses_size": options.parallel.ulysses_size, "load_s": round(load_s, 1),
+        "attention": pipeline.models.dit.config.attention_backend, "compiled": options.compile,
     }  # fmt: skip
 
 
@@ -344,6 +369,8 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.option("--weights_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint folder; default [engine] weights_dir.")
 @click.option("--once", is_flag=True, help="Serve one job, then exit.")
+@click.option("--job_id", default=None, metavar="ID",
+              help="Serve this job only (waiting while it is queued but not yet due), then exit; implies --once.")
 @click.option("--ulysses_size", type=int, default=1, help="Ranks sharing one DiT sequence (Ulysses).")
 @click.option("--ring_size", type=int, default=1, help="Ring-attention degree (xfuser backend only).")
 @click.option("--sp_backend", type=click.Choice(["torch", "xfuser"]), default="torch",
@@ -358,9 +385,14 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
               help="Longest a render collective may hang before the group is torn down (idle waits are not bound).")
 @click.option("--time_limit_s", type=float, default=None, help="Per-job limit; default [queue] job_timeout_s.")
 @click.option("--worker_name", default=None, help="Name in `duet queue workers`; default host-pid.")
+@click.option("--attention", type=click.Choice(attention_backends()), default=None,
+              help=f"DiT attention kernel; default the preset's ({DEFAULT_BACKEND}). cudnn and flash need CUDA.")
+@click.option("--compile", "compile_dit", is_flag=True,
+              help="torch.compile the DiT's blocks: faster steps on GPUs after one compilation per input shape.")
 @click.option("--check", is_flag=True, help="Only check that the preset's weight files exist; say what would load.")
-def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, sp_backend, t5_fsdp, dit_fsdp, frame_num,
-         sample_shift, offload_model, collective_timeout_s, time_limit_s, worker_name, check) -> None:  # fmt: skip
+def main(config_path, preset, weights_dir, once, job_id, ulysses_size, ring_size, sp_backend, t5_fsdp, dit_fsdp,
+         frame_num, sample_shift, offload_model, collective_timeout_s, time_limit_s, worker_name, attention,
+         compile_dit, check) -> None:  # fmt: skip
     """Serve the render queue until drained or stopped (run it under torchrun; see run_engine.sh)."""
     try:
         settings = load_settings(config_path)
@@ -379,7 +411,7 @@ def main(config_path, preset, weights_dir, once, ulysses_size, ring_size, sp_bac
         parallel=ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, backend=sp_backend, t5_fsdp=t5_fsdp,
                                 dit_fsdp=dit_fsdp, collective_timeout_s=collective_timeout_s),
         frame_num=frame_num, sample_shift=sample_shift, offload_model=offload_model, time_limit_s=time_limit_s,
-        worker_name=worker_name,
+        worker_name=worker_name, job_id=job_id, attention=attention, compile=compile_dit,
     )  # fmt: skip
     sys.exit(serve(options))
 

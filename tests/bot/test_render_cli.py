@@ -3,6 +3,7 @@ clear refusals (missing weights, a bad script) before anything heavy starts."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from bot.cli import main
+from storage import admin
+from storage.cli import open_services
+from storage.contract import Inputs, JobSpec, Line, MediaRef, Requester
+from storage.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "bot" / "samples"
@@ -72,9 +77,29 @@ def test_render_with_full_weights_missing_names_them_instead_of_starting(tmp_pat
     assert "missing weight files" in result.output and "multitalk.safetensors" in result.output
 
 
+def queue_call(config: Path, action):
+    async def run():
+        services = await open_services(load_settings(str(config)))
+        try:
+            return await action(services.queue)
+        finally:
+            await services.queue.db.dispose()
+
+    return asyncio.run(run())
+
+
+def someone_elses_job() -> JobSpec:
+    media = {"size_bytes": 1, "sha256": "0" * 64}
+    inputs = Inputs(photo_a=MediaRef(role="photo_a", **media), photo_b=MediaRef(role="photo_b", **media),
+                    dialogue=(Line(speaker="A", text="Me first."), Line(speaker="B", text="Sure.")))  # fmt: skip
+    return JobSpec(requester=Requester(platform="telegram", user_id="early-bird", chat_id="c1"), inputs=inputs)
+
+
 @pytest.mark.slow
 def test_render_starts_an_engine_for_the_job_and_writes_the_mp4(tmp_path):
+    """The engine it starts renders this job only: an older job of someone else, ahead in the queue, stays queued."""
     config = write_config(tmp_path, tmp_path / "weights")
+    older = queue_call(config, lambda queue: queue.submit(someone_elses_job())).job_id
     script = tmp_path / "script.txt"
     script.write_text("A: Hello there.\nB: Hi!")
     out = tmp_path / "out" / "video.mp4"
@@ -89,6 +114,26 @@ def test_render_starts_an_engine_for_the_job_and_writes_the_mp4(tmp_path):
     assert f"wrote {out}" in run.stderr.replace("\n", "")
     with av.open(str(out)) as container:
         assert float(container.streams.video[0].average_rate) == 25 and container.streams.audio
+    waiting = queue_call(config, lambda queue: queue.get(older))
+    assert (waiting.state, waiting.attempts) == ("queued", 0)
+    workers = queue_call(config, lambda queue: admin.list_workers(queue))
+    assert [w["id"].startswith("duet-render-") for w in workers] == [True]
+
+
+def test_an_engine_started_for_one_job_does_not_count_as_serving_the_queue(tmp_path):
+    from bot.render import engine_is_serving
+
+    config = write_config(tmp_path, tmp_path / "weights")
+    settings = load_settings(str(config))
+
+    def register(name):
+        return queue_call(config, lambda queue: admin.register_worker(queue, name, host="h", pid=1, world_size=1,
+                                                                      info={}))  # fmt: skip
+
+    register("duet-render-1234abcd")
+    assert not engine_is_serving(settings)
+    register("gpu-host-1")
+    assert engine_is_serving(settings)
 
 
 def test_demo_says_plainly_that_tiny_output_is_noise(tmp_path, monkeypatch):

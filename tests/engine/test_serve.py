@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,6 +179,16 @@ def video_facts(path: Path) -> dict:
         }  # fmt: skip
 
 
+def stages_rendered(log: Path, job_id: str) -> dict[int, list[str]]:
+    """The stages each rank ran for the job, from its "job … rendered: <stage> <s>, …" log line."""
+    found = {}
+    for line in log.read_text().splitlines():
+        if f"job {job_id} rendered: " in line:
+            rank = int(re.search(r" rank(\d+) ", line).group(1))
+            found[rank] = [timing.split()[0] for timing in line.split(" rendered: ")[1].split(", ")]
+    return found
+
+
 def media_path(config: Path, job_id: str, role: str) -> Path:
     return Path(load_settings(config).storage.media_dir) / job_id / f"{role}.mp4"
 
@@ -214,6 +225,11 @@ def test_two_ranks_serve_idle_then_render_cancel_and_sigterm(tmp_path, engines):
     assert abs(facts["frames"] / FPS - speech_duration_s(done.spec)) <= 1 / FPS
     assert done.attempts == 1
     assert [t.stage for t in result.timings] == ["tts", "audio", "encode", "render", "decode", "mux"]
+    # Both ranks rendered the job; only rank 0, whose file is stored, wrote an MP4.
+    stages = wait_for(lambda: len(found := stages_rendered(engine.log, first)) == 2 and found, timeout_s=10,
+                      what="both ranks' render log lines", log=engine.log)  # fmt: skip
+    assert stages == {0: ["tts", "audio", "encode", "render", "decode", "mux"],
+                      1: ["tts", "audio", "encode", "render", "decode"]}  # fmt: skip
 
     # Cancel while rendering: every rank stops at a step boundary, the job ends cancelled, the service goes on.
     cancelled = submit(config, steps=30)

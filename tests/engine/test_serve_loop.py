@@ -72,7 +72,7 @@ poll_interval_s = 0.1
 retry_backoff_s = 0.0
 max_active_per_user = 20
 """)
-    monkeypatch.setattr(serve, "make_request", lambda assignment, work_dir: SimpleNamespace(work_dir=work_dir))
+    monkeypatch.setattr(serve, "make_request", lambda assignment, work_dir, rank: SimpleNamespace(work_dir=work_dir))
     return path
 
 
@@ -101,11 +101,11 @@ def submit(config: Path, prepared) -> str:
     return query(config, lambda s: enqueue(prepared, s.queue, s.media)).job_id
 
 
-def run_leader(config: Path, pipeline, *, once: bool = True, time_limit_s: float = 60.0,
-               requeue_on_signal: bool = True, during=None) -> tuple[int, Leader]:  # fmt: skip
+def run_leader(config: Path, pipeline, *, once: bool = True, time_limit_s: float = 60.0, requeue_on_signal: bool = True,
+               during=None, job_id: str | None = None) -> tuple[int, Leader]:  # fmt: skip
     """Rank 0's loop until it returns; `during(leader)` runs on a side thread meanwhile."""
     leader = Leader(load_settings(config), "loop-test", time_limit_s=time_limit_s,
-                    requeue_on_signal=requeue_on_signal, info={"world_size": 1})  # fmt: skip
+                    requeue_on_signal=requeue_on_signal, info={"world_size": 1}, job_id=job_id)  # fmt: skip
     leader.start()
     side = threading.Thread(target=during, args=(leader,)) if during else None
     try:
@@ -217,6 +217,50 @@ def test_cancel_reaches_the_step_gate(config, prepared):
 
     run_leader(config, StandInPipeline(steps=100, step_s=0.05), during=cancel)
     assert job(config, job_id).state == "cancelled"
+
+
+def test_an_engine_for_one_job_renders_it_and_leaves_older_jobs_queued(config, prepared):
+    older, mine = submit(config, prepared), submit(config, prepared)
+    pipeline = StandInPipeline(steps=2)
+    code, _ = run_leader(config, pipeline, job_id=mine)
+    assert code == 0 and pipeline.renders == 1
+    assert (job(config, mine).state, job(config, older).state) == ("succeeded", "queued")
+    assert job(config, mine).lease_owner is None and job(config, older).attempts == 0
+
+
+def test_an_engine_for_one_job_waits_while_claims_are_paused(config, prepared):
+    job_id = submit(config, prepared)
+    query(config, lambda s: s.queue.set_paused(claims=True))
+
+    seen_while_paused = []
+
+    def resume(leader):
+        wait_until(lambda: query(config, lambda s: admin.list_workers(s.queue)))
+        time.sleep(0.5)  # several polls (every 0.1 s) that must not take the job
+        seen_while_paused.append(job(config, job_id).state)
+        query(config, lambda s: s.queue.set_paused(claims=False))
+
+    code, _ = run_leader(config, StandInPipeline(steps=1), job_id=job_id, during=resume)
+    assert seen_while_paused == ["queued"]
+    assert code == 0 and job(config, job_id).state == "succeeded"
+
+
+@pytest.mark.parametrize("fate", ["cancelled", "taken", "unknown"])
+def test_an_engine_for_one_job_stops_when_the_job_is_out_of_reach(config, prepared, fate, caplog):
+    job_id = submit(config, prepared)
+    query(config, lambda s: s.queue.set_paused(claims=True))
+    if fate == "cancelled":
+        query(config, lambda s: s.queue.cancel(job_id, actor="admin", is_admin=True))
+    elif fate == "taken":
+        query(config, lambda s: s.queue.set_paused(claims=False))
+        query(config, lambda s: s.queue.claim("other-engine", job_id=job_id))
+    pipeline = StandInPipeline()
+    with caplog.at_level("INFO", logger="engine.serve"):
+        code, _ = run_leader(config, pipeline, job_id=job_id if fate != "unknown" else "no-such-job")
+    assert code == 0 and pipeline.renders == 0
+    reason = {"cancelled": "cancelled already", "taken": "taken by worker other-engine",
+              "unknown": "not in the queue"}[fate]  # fmt: skip
+    assert f"is {reason}: nothing to render here" in caplog.text
 
 
 def test_ranks_that_end_a_job_differently_mean_the_group_restarts():

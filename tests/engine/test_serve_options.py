@@ -1,0 +1,72 @@
+"""engine.serve's command line reaches what it promises: the fast-path options reach the loaded DiT, `--job_id`
+reaches the leader, and only rank 0 writes the MP4. One process, the tiny preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from engine import serve
+from engine.acceleration import is_compiled
+from engine.parallel.groups import ParallelConfig, ProcessGroups
+from engine.serve import Assignment, ServeOptions, build_pipeline, make_request
+from storage.settings import Settings
+
+SINGLE = ProcessGroups(0, 1, 0, torch.device("cpu"), None, None, None)
+
+
+def options(**changes) -> ServeOptions:
+    base = {"config_path": None, "preset": "tiny", "weights_dir": None, "once": True, "parallel": ParallelConfig(),
+            "frame_num": None, "sample_shift": None, "offload_model": False, "time_limit_s": None, "worker_name": None}
+    return ServeOptions(**base | changes)  # fmt: skip
+
+
+def attention_backends_in(dit: torch.nn.Module) -> set[str]:
+    found = set()
+    for module in dit.modules():
+        for name in ("attention_backend", "local_attention_backend"):
+            if hasattr(module, name):
+                found.add(getattr(module, name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def fast_pipeline():
+    return build_pipeline(options(attention="math", compile=True), Settings(), SINGLE)
+
+
+def test_attention_and_compile_reach_the_loaded_dit(fast_pipeline):
+    dit = fast_pipeline.models.dit
+    assert dit.config.attention_backend == "math"
+    assert attention_backends_in(dit) == {"math"}
+    assert is_compiled(dit)
+    info = serve._worker_info(options(attention="math", compile=True), SINGLE, fast_pipeline, load_s=1.0)
+    assert (info["attention"], info["compiled"]) == ("math", True)
+
+
+def test_the_command_line_fills_the_options(monkeypatch, tmp_path):
+    seen: list[ServeOptions] = []
+    monkeypatch.setattr(serve, "serve", lambda opts: seen.append(opts) or 0)
+    args = ["--preset", "tiny", "--job_id", "job-1", "--attention", "cudnn", "--compile"]
+    assert CliRunner().invoke(serve.main, args).exit_code == 0
+    assert (seen[0].job_id, seen[0].attention, seen[0].compile) == ("job-1", "cudnn", True)
+    assert CliRunner().invoke(serve.main, ["--preset", "tiny"]).exit_code == 0
+    assert (seen[1].job_id, seen[1].attention, seen[1].compile) == (None, None, False)  # the preset's kernel
+    refused = CliRunner().invoke(serve.main, ["--attention", "fastest"])
+    assert refused.exit_code == 2 and "sdpa" in refused.output
+
+
+def test_only_rank_zero_writes_the_video(tmp_path):
+    from storage.contract import Inputs, JobSpec, Line, MediaRef, Requester
+
+    ref = {"size_bytes": 1, "sha256": "0" * 64}
+    inputs = Inputs(photo_a=MediaRef(role="photo_a", **ref), photo_b=MediaRef(role="photo_b", **ref),
+                    dialogue=(Line(speaker="A", text="Hi."), Line(speaker="B", text="Hello.")))  # fmt: skip
+    spec = JobSpec(requester=Requester(platform="cli", user_id="1", chat_id="1"), inputs=inputs)
+    assignment = Assignment("job-1", spec.model_dump_json(), str(tmp_path / "frame.png"))
+    requests = [make_request(assignment, Path(tmp_path), rank=rank) for rank in range(3)]
+    assert [r.writes_video for r in requests] == [True, False, False]
+    assert requests[0].job_id == "job-1"
