@@ -1,6 +1,6 @@
 """Engine presets: which models the render pipeline runs, at what size and precision, and loading them.
 
-Two presets, both made of the production classes:
+Three presets, all made of the production classes:
 
 - `full` loads the published checkpoints from the original service's `weights/` layout (weights/README.md):
   the MultiTalk DiT (Wan2.1-I2V-14B shards + `multitalk.safetensors`, bf16), the Wan VAE (fp32), umT5-XXL
@@ -10,6 +10,11 @@ Two presets, both made of the production classes:
   and the same chunking (81 frames, 25 motion frames), at a tenth of the bucket size rounded to the DiT's
   16-pixel grid. It needs no files, runs on the CPU in seconds, and renders noise: it is for tests and for
   trying the whole path without weights.
+- `full-random` is `full` with seeded random weights and no files: the production shapes, precisions and sizes, for
+  benchmarking the whole pipeline on a GPU without the checkpoints (engine/bench_clip.py). Every model is built
+  where it runs, in its own dtype, so the 14 B DiT and the 5.7 B umT5 never exist in fp32 or on the CPU. The text
+  encoder reads `tiny`'s character tokenizer (umT5's tokenizer is a file): T5 always runs the whole padded text
+  length and the DiT pads the states to it, so their cost does not depend on the tokenizer. Its video is noise.
 
 Speech (Kokoro) is loaded by `engine.stages.speech.load_tts`; LoRA files are merged here, at load time.
 """
@@ -18,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ from engine.models.dit import DiTConfig, MultiTalkDiT
 from engine.models.t5 import T5Config, UMT5TextEncoder
 from engine.models.vae import VAEConfig, WanVAE
 from engine.models.wav2vec import SAMPLE_RATE, Wav2VecAudioEncoder, Wav2VecConfig
+from engine.stages.conditioning import PromptCache
 from engine.streaming import FRAMES_PER_CHUNK, MOTION_FRAMES
 from engine.weights import (
     CLIP_FILE,
@@ -97,11 +104,13 @@ class Preset:
         )
 
 
+FULL = Preset(
+    name="full", dit=DiTConfig(), vae=VAEConfig(), t5=T5Config(), clip=CLIPConfig(), wav2vec=Wav2VecConfig(),
+    dit_dtype=torch.bfloat16, t5_dtype=torch.bfloat16, clip_dtype=torch.float16,
+)  # fmt: skip
 PRESETS: dict[str, Preset] = {
-    "full": Preset(
-        name="full", dit=DiTConfig(), vae=VAEConfig(), t5=T5Config(), clip=CLIPConfig(), wav2vec=Wav2VecConfig(),
-        dit_dtype=torch.bfloat16, t5_dtype=torch.bfloat16, clip_dtype=torch.float16,
-    ),
+    "full": FULL,
+    "full-random": replace(FULL, name="full-random", needs_weights=False),
     "tiny": Preset(
         name="tiny", dit=DiTConfig.tiny(), vae=VAEConfig.tiny(), t5=T5Config.tiny(), clip=CLIPConfig.tiny(),
         wav2vec=Wav2VecConfig.tiny(), dit_dtype=torch.float32, t5_dtype=torch.float32, clip_dtype=torch.float32,
@@ -157,6 +166,7 @@ class EngineModels:
     wav2vec: Wav2VecAudioEncoder
     wav2vec_preprocessor: Wav2Vec2FeatureExtractor
     loras: tuple[LoraFile, ...] = field(default=())
+    prompt_cache: PromptCache = field(default_factory=PromptCache)  # umT5 states of recent prompts
 
 
 def required_files(weights_dir: str | Path) -> list[Path]:
@@ -186,7 +196,7 @@ def load_models(
     loras: Sequence[LoraFile] = (),
     seed: int = 0,
 ) -> EngineModels:
-    """Load (full) or build (tiny, random weights from `seed`) the preset's models onto their devices."""
+    """Load (full) or build (tiny, full-random: random weights from `seed`) the preset's models onto their devices."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     started = time.perf_counter()
     if preset.needs_weights:
@@ -225,29 +235,64 @@ def _load_checkpoints(preset: Preset, weights_dir: Path, placement: Placement) -
     )
 
 
-def _build_random(preset: Preset, placement: Placement, seed: int) -> EngineModels:
-    """The preset's classes with their default initialisation, seeded without touching the global RNG."""
+@contextmanager
+def built_on(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+    """Modules constructed inside have their parameters created on `device`, floating ones in `dtype`, and
+    initialised there: a full-size model never exists in fp32 or on the CPU first. On "meta" nothing is allocated.
 
-    def ready(module: torch.nn.Module, device: str, dtype: torch.dtype) -> Any:
+    Through the default dtype, so tensors a constructor makes without a dtype of its own (parameters, and buffers
+    such as CLIP's pixel statistics, which `.to(dtype)` would convert anyway) take `dtype`; explicit ones keep theirs.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build_random(preset: Preset, placement: Placement, seed: int) -> EngineModels:
+    """The preset's classes with their default initialisation, each built on its device in its dtype (`built_on`),
+    seeded without touching the global RNGs (the CPU's and every GPU's)."""
+
+    def build(factory: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> Any:
+        with built_on(device, dtype):
+            module = factory()
+        # `to` also moves what a constructor made outside the device context (wav2vec2's masked_spec_embed).
         return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _seeded(seed, placement):
         return EngineModels(
             preset=preset,
             placement=placement,
-            dit=ready(MultiTalkDiT(preset.dit), placement.device, preset.dit_dtype),
-            vae=ready(WanVAE(preset.vae), placement.device, preset.vae_dtype),
-            t5=ready(UMT5TextEncoder(preset.t5), placement.text_device, preset.t5_dtype),
+            dit=build(lambda: MultiTalkDiT(preset.dit), placement.device, preset.dit_dtype),
+            vae=build(lambda: WanVAE(preset.vae), placement.device, preset.vae_dtype),
+            t5=build(lambda: UMT5TextEncoder(preset.t5), placement.text_device, preset.t5_dtype),
             tokenizer=character_tokenizer(preset.t5.vocab_size),
-            clip=ready(WanCLIPImageEncoder(preset.clip), placement.device, preset.clip_dtype),
-            wav2vec=ready(Wav2VecAudioEncoder(preset.wav2vec), placement.wav2vec_device, preset.wav2vec_dtype),
+            clip=build(lambda: WanCLIPImageEncoder(preset.clip), placement.device, preset.clip_dtype),
+            wav2vec=build(lambda: Wav2VecAudioEncoder(preset.wav2vec), placement.wav2vec_device,
+                          preset.wav2vec_dtype),
             # chinese-wav2vec2-base's preprocessing: the whole utterance standardised, no attention mask.
             wav2vec_preprocessor=Wav2Vec2FeatureExtractor(
                 feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
                 return_attention_mask=False,
             ),
         )  # fmt: skip
+
+
+@contextmanager
+def _seeded(seed: int, placement: Placement) -> Iterator[None]:
+    """The CPU's and the placement's GPUs' generators seeded inside, restored after (other GPUs left untouched)."""
+    devices = {torch.device(name) for name in (placement.device, placement.text_device, placement.wav2vec_device)}
+    gpus = sorted({torch.cuda.current_device() if device.index is None else device.index
+                   for device in devices if device.type == "cuda"})  # fmt: skip
+    with torch.random.fork_rng(devices=gpus):
+        torch.default_generator.manual_seed(seed)
+        for index in gpus:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 _TINY_SYMBOLS = "abcdefghijklmnopqrstuvwxyz0123456789 .,!?'-"

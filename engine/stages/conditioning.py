@@ -5,13 +5,15 @@ frame to the output size (spec §1.3), the per-speaker region masks built from t
 conditioning of a chunk (§1.5): CLIP tokens of its last conditioning frame, the VAE latent of its conditioning
 frames padded to a whole chunk, and the 4-channel frame mask. What does not change between chunks (text, masks,
 the reference frame and the first chunk's image conditioning) is computed once per job in `prepare_conditioning`;
-`encode_image_condition` is called again for every later chunk with its motion frames. No file I/O: the frame
-arrives decoded.
+`encode_image_condition` is called again for every later chunk with its motion frames. Prompt states outlive the
+job in the engine's `PromptCache`. The T5, CLIP and VAE work is timed as parts of the encode stage
+(`engine.stages.clock.part`). No file I/O: the frame arrives decoded.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from PIL import Image
 from engine.models.clip import WanCLIPImageEncoder
 from engine.models.t5 import UMT5TextEncoder, tokenize_prompts
 from engine.models.vae import WanVAE
+from engine.stages.clock import part
 from storage.contract import Box
 
 # The reference's `multitalk_14B.sample_neg_prompt` (wan/configs/wan_multitalk_14B.py), used verbatim.
@@ -61,15 +64,68 @@ class TextConditioning:
     negative: torch.Tensor
 
 
+class PromptCache:
+    """umT5 states of the prompts an engine encoded lately, so that T5 runs once per distinct prompt text.
+
+    The negative prompt never changes and scenes repeat, so most jobs encode nothing. An entry is keyed by the exact
+    prompt text and by what else shapes the states: the encoder's text length, dtype and device, and the device the
+    states are delivered to; it holds at most [text_len, dim] (4 MiB for umT5-XXL in bf16). The least recently used
+    entry goes first. One cache per engine (`EngineModels.prompt_cache`), used with that engine's encoder and
+    tokenizer only. Every rank renders the same jobs in the same order, so ranks hit and miss together (an
+    FSDP-sharded T5 runs its collectives on all ranks or on none).
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def states(
+        self, encoder: UMT5TextEncoder, tokenizer: Any, prompt: str, *, device: torch.device | str
+    ) -> torch.Tensor:
+        """[1, n, text_dim] on `device`: from the cache, or encoded now (and kept)."""
+        weight = next(encoder.parameters())
+        key = (prompt, encoder.config.text_len, weight.dtype, str(weight.device), str(torch.device(device)))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        states = _encode_prompt(encoder, tokenizer, prompt, weight.device).to(device)
+        self._entries[key] = states
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return states
+
+
 @torch.inference_mode()
+def _encode_prompt(encoder: UMT5TextEncoder, tokenizer: Any, prompt: str, text_device: torch.device) -> torch.Tensor:
+    ids, mask = tokenize_prompts(tokenizer, [prompt], encoder.config.text_len)
+    (states,) = encoder.encode(ids.to(text_device), mask.to(text_device))
+    return states[None]
+
+
 def encode_prompts(
-    encoder: UMT5TextEncoder, tokenizer: Any, prompt: str, negative: str, *, device: torch.device | str
+    encoder: UMT5TextEncoder,
+    tokenizer: Any,
+    prompt: str,
+    negative: str,
+    *,
+    device: torch.device | str,
+    cache: PromptCache | None = None,
 ) -> TextConditioning:
-    """Both prompts in one batch, as the reference encodes them; the states move to `device` for the DiT."""
-    text_device = next(encoder.parameters()).device
-    ids, mask = tokenize_prompts(tokenizer, [prompt, negative], encoder.config.text_len)
-    positive, negative_states = encoder.encode(ids.to(text_device), mask.to(text_device))
-    return TextConditioning(prompt=positive[None].to(device), negative=negative_states[None].to(device))
+    """Both prompts' states on `device` for the DiT, each encoded alone (through `cache` when given).
+
+    One prompt per call, as the reference does with its T5 on the CPU; on the GPU it batches the two, whose rows do
+    not interact, so the states agree up to the rounding of a different matrix shape. Encoding them apart keeps a
+    job's states independent of which prompts happen to be cached.
+    """
+    cache = PromptCache() if cache is None else cache
+    with part("t5"):
+        return TextConditioning(
+            prompt=cache.states(encoder, tokenizer, prompt, device=device),
+            negative=cache.states(encoder, tokenizer, negative, device=device),
+        )
 
 
 # --- the reference frame and the speakers' regions at the output size ---------------------------------------------
@@ -177,11 +233,13 @@ def encode_image_condition(
     channels, num_cond, height, width = frames.shape
     vae_dtype = next(vae.parameters()).dtype
     padded = torch.cat([frames, frames.new_zeros(channels, frame_num - num_cond, height, width)], dim=1)
-    latent = vae.encode(padded[None].to(vae_dtype))[0].to(dtype)  # [z, T, h, w]
+    with part("vae_encode"):
+        latent = vae.encode(padded[None].to(vae_dtype))[0].to(dtype)  # [z, T, h, w]
     stride = vae.config.temporal_stride
     mask = frame_mask(num_cond, frame_num, latent.shape[-2:], stride).to(device=latent.device, dtype=dtype)
     clip_dtype = next(clip.parameters()).dtype
-    image_states = clip(frames[:, -1][None].to(clip_dtype)).to(dtype)
+    with part("clip"):
+        image_states = clip(frames[:, -1][None].to(clip_dtype)).to(dtype)
     return ImageConditioning(
         image_states=image_states,
         cond_latents=torch.cat([mask, latent])[None],
@@ -212,14 +270,18 @@ def prepare_conditioning(
     frame_num: int,
     dtype: torch.dtype,
     device: torch.device | str,
+    prompt_cache: PromptCache | None = None,
 ) -> Conditioning:
-    """Prompt states, the fitted reference frame, region masks and chunk 0's image conditioning."""
+    """Prompt states (T5 only for prompts `prompt_cache` lacks), the fitted reference frame, region masks and
+    chunk 0's image conditioning."""
     spatial = vae.config.spatial_stride
     latent_size = (size[0] // spatial, size[1] // spatial)
-    reference = fit_frame(frame, size).to(device)
+    with part("frame"):
+        reference = fit_frame(frame, size).to(device)
+        masks = region_masks(boxes, (frame.height, frame.width), size, latent_size).to(device)
     return Conditioning(
-        text=encode_prompts(t5, tokenizer, build_prompt(scene), NEGATIVE_PROMPT, device=device),
+        text=encode_prompts(t5, tokenizer, build_prompt(scene), NEGATIVE_PROMPT, device=device, cache=prompt_cache),
         reference=reference,
-        region_masks=region_masks(boxes, (frame.height, frame.width), size, latent_size).to(device),
+        region_masks=masks,
         first_chunk=encode_image_condition(vae, clip, reference[:, None], frame_num=frame_num, dtype=dtype),
     )

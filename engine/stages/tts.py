@@ -14,7 +14,8 @@ files only:
 - The model: `KModel` built from `config.json` and filled from `kokoro-v1_0.pth` by `_load_kokoro_weights`,
   which, unlike kokoro's own loader, refuses missing or unexpected keys. The `tiny` preset builds the same
   class from `tiny_kokoro_config()` with seeded random weights and random voice packs: noise with the real
-  model's timing (600 samples per predicted frame, about 3 frames per phoneme).
+  model's timing (600 samples per predicted frame, about 3 frames per phoneme). The `full-random` preset builds
+  Kokoro-82M's own shapes (`kokoro_82m_config()`) the same way, so that speech costs what it costs in production.
 
 Like the reference (spec §9): the style vector for `n` phonemes is `pack[n - 1]`, a line longer than the
 model's 510-phoneme context is cut at punctuation and the pieces concatenated, output is 24 kHz float32 and
@@ -27,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import re
 import string
 import time
@@ -39,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from engine.stages.clock import part
 from engine.weights import WeightsError
 from storage.errors import DuetError
 
@@ -61,7 +64,7 @@ STYLE_SIZE = 256  # a voice pack row: 128 decoder style + 128 prosody style (KMo
 Language = Literal["en", "zh"]
 LangCode = Literal["a", "b", "z"]  # Kokoro's American English, British English, Mandarin
 LANG_CODES: tuple[LangCode, ...] = ("a", "b", "z")
-Preset = Literal["full", "tiny"]
+Preset = Literal["full", "tiny", "full-random"]
 
 # A run of Latin words (with inner apostrophes or hyphens) inside a Chinese line.
 _LATIN_RUN = re.compile(r"[A-Za-z]+(?:['’\-][A-Za-z]+)*(?:\s+[A-Za-z]+(?:['’\-][A-Za-z]+)*)*")
@@ -213,6 +216,40 @@ def tiny_kokoro_config() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def kokoro_82m_config() -> dict[str, Any]:
+    """Kokoro-82M's shapes (its config.json: 81.8 M parameters), for random weights: `full-random` benchmarks.
+
+    The checkpoint's vocabulary is a file; any symbol misaki emits gets an id below the real 178 here instead (ids
+    shared by several symbols are harmless with random weights: the cost is per phoneme, not per symbol).
+    """
+    n_token = 178
+    vocab = {symbol: 1 + index % (n_token - 1) for index, symbol in enumerate(_TINY_PHONEMES)}
+    return {
+        "vocab": vocab, "n_token": n_token, "hidden_dim": 512, "style_dim": 128, "n_layer": 3, "max_dur": 50,
+        "dropout": 0.2, "text_encoder_kernel_size": 5, "n_mels": 80,
+        "plbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
+                   "max_position_embeddings": MAX_PHONEMES + 2, "num_hidden_layers": 12, "dropout": 0.1},
+        "istftnet": {"upsample_kernel_sizes": [20, 12], "upsample_rates": [10, 6], "gen_istft_hop_size": 5,
+                     "gen_istft_n_fft": 20, "resblock_dilation_sizes": [[1, 3, 5]] * 3, "resblock_kernel_sizes": [3, 7, 11],
+                     "upsample_initial_channel": 512},
+    }  # fmt: skip
+
+
+def speak_at_speech_rate(model: Any, frames_per_phoneme: float = 3.0) -> None:
+    """Give a random-weight KModel the duration of real speech: `frames_per_phoneme` 25 ms frames for every phoneme.
+
+    With random weights every duration bin's sigmoid is about 0.5, so a phoneme would last max_dur / 2 = 25 frames
+    (0.6 s) and the vocoder would run on eight times more audio than a real line gives. The duration head's weights
+    are zeroed and its bias set so that the bins sum to `frames_per_phoneme` (3 frames, 75 ms: English at about 13
+    phonemes per second); everything before and after it still runs.
+    """
+    projection = model.predictor.duration_proj.linear_layer
+    share = frames_per_phoneme / projection.out_features
+    with torch.no_grad():
+        projection.weight.zero_()
+        projection.bias.fill_(math.log(share / (1.0 - share)))
+
+
 def _build_kmodel(config: Mapping[str, Any]) -> Any:
     """A `KModel` with its default initialisation: kokoro loads a checkpoint in its constructor, so it is given
     an empty one (a real checkpoint is loaded afterwards, strictly)."""
@@ -321,13 +358,14 @@ class KokoroTTS:
 
         Raises SpeechError for a voice that cannot read `language`, or text without anything to pronounce.
         """
-        phonemes = self.phonemize(text, language=language, voice=voice)
+        with part("g2p"):
+            phonemes = self.phonemize(text, language=language, voice=voice)
         pieces = split_phonemes(phonemes)
         if not pieces:
             raise SpeechError("A line has nothing to say out loud.", f"no phonemes for {text!r}")
         pack = self.voices[voice]
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        with part("kokoro"), torch.random.fork_rng(devices=devices), torch.inference_mode():
             torch.manual_seed(seed)
             audio = [self.model(piece, pack[len(piece) - 1], speed).reshape(-1) for piece in pieces]
         return torch.cat(audio).float().cpu().numpy()
@@ -347,18 +385,21 @@ def load_tts(
     seed: int = 0,
 ) -> KokoroTTS:
     """Kokoro for the engine: `full` reads `<weights_dir>/Kokoro-82M` (config.json, kokoro-v1_0.pth,
-    voices/<id>.pt); `tiny` needs no files (`weights_dir` is ignored) and builds random weights from `seed`.
+    voices/<id>.pt); `tiny` and `full-random` need no files (`weights_dir` is ignored) and build random weights and
+    voice packs from `seed`, at a small size or at Kokoro-82M's.
 
     Raises WeightsError naming missing or damaged files. Loads the English spaCy pipeline and jieba up front,
     so a missing G2P package fails here, at engine start, not in the first job.
     """
     started = time.perf_counter()
     device = torch.device(device)
-    if preset == "tiny":
+    if preset in ("tiny", "full-random"):
         phonemizer = KokoroPhonemizer()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # 82 M parameters at most: built on the CPU, then moved
             torch.manual_seed(seed)
-            model = _build_kmodel(tiny_kokoro_config())
+            model = _build_kmodel(tiny_kokoro_config() if preset == "tiny" else kokoro_82m_config())
+        if preset == "full-random":
+            speak_at_speech_rate(model)
         voices_dir = None
     elif preset == "full":
         if weights_dir is None:
@@ -371,7 +412,7 @@ def load_tts(
         model = _build_kmodel(json.loads(config_path.read_text(encoding="utf-8")))
         _load_kokoro_weights(model, model_path)
     else:
-        raise ValueError(f"unknown preset {preset!r}; expected 'full' or 'tiny'")
+        raise ValueError(f"unknown preset {preset!r}; expected 'full', 'tiny' or 'full-random'")
     model = model.to(device).eval().requires_grad_(False)
     logger.info(
         "kokoro ready",

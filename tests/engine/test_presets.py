@@ -1,19 +1,23 @@
-"""Presets: the size buckets, the tiny preset's models, and what the full preset needs on disk."""
+"""Presets: the size buckets, the tiny and full-random presets' models, what the full preset needs on disk, and the
+engine's prompt cache."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from engine.models.t5 import tokenize_prompts
 from engine.presets import (
     PIXELS_PER_TOKEN,
+    Placement,
     bucket_size,
     character_tokenizer,
     get_preset,
     load_models,
     missing_files,
 )
+from engine.stages.conditioning import NEGATIVE_PROMPT, PromptCache, build_prompt, encode_prompts, prepare_conditioning
 from engine.weights import WeightsError
 from storage.buckets import SIZE_BUCKETS
 
@@ -99,3 +103,64 @@ def test_character_tokenizer_pads_truncates_and_ends_with_eos():
     assert int(ids.max()) < 64
     with pytest.raises(ValueError, match="vocabulary"):
         character_tokenizer(16)
+
+
+def test_full_random_builds_the_full_shapes_without_allocating():
+    models = load_models("full-random", placement=Placement(device="meta", wav2vec_device="meta"))
+    preset, full = models.preset, get_preset("full")
+    assert (preset.dit, preset.vae, preset.t5, preset.clip, preset.wav2vec) == (
+        full.dit, full.vae, full.t5, full.clip, full.wav2vec)  # fmt: skip
+    assert not preset.needs_weights and preset.frame_size("720p", 960, 960) == (960, 960)
+    expected = {  # parameters (dtype) of the published models: MultiTalk's 14B DiT, umT5-XXL's encoder, ...
+        "dit": (18_882_046_784, torch.bfloat16), "t5": (5_680_910_336, torch.bfloat16),
+        "clip": (611_088_640, torch.float16), "vae": (126_892_531, torch.float32),
+        "wav2vec": (94_371_712, torch.float32),
+    }  # fmt: skip
+    for name, (count, dtype) in expected.items():
+        module = getattr(models, name)
+        assert all(tensor.is_meta for tensor in [*module.parameters(), *module.buffers()]), name  # nothing allocated
+        assert sum(p.numel() for p in module.parameters()) == count, name
+        assert {p.dtype for p in module.parameters()} == {dtype}, name
+    assert torch.get_default_dtype() == torch.float32  # restored after building in bf16 / fp16
+
+
+def _conditioning(models, scene: str):
+    return prepare_conditioning(
+        t5=models.t5, tokenizer=models.tokenizer, vae=models.vae, clip=models.clip, frame=Image.new("RGB", (64, 48)),
+        boxes=None, size=(32, 48), scene=scene, frame_num=5, dtype=torch.float32, device="cpu",
+        prompt_cache=models.prompt_cache,
+    )  # fmt: skip
+
+
+def test_t5_runs_once_per_distinct_prompt_per_engine():
+    models = load_models("tiny")
+    forwards = []
+    models.t5.register_forward_hook(lambda module, args, output: forwards.append(args[0].shape[0]))
+    first = _conditioning(models, "A beach at dusk.")
+    assert forwards == [1, 1]  # the prompt and the negative prompt, each alone
+    again = _conditioning(models, "A beach at dusk.")
+    assert forwards == [1, 1]  # the same scene: no T5 at all
+    assert torch.equal(again.text.prompt, first.text.prompt) and torch.equal(again.text.negative, first.text.negative)
+    other = _conditioning(models, "A kitchen.")
+    assert forwards == [1, 1, 1]  # a new scene: its prompt only
+    uncached = encode_prompts(models.t5, models.tokenizer, build_prompt("A kitchen."), NEGATIVE_PROMPT, device="cpu")
+    assert torch.equal(other.text.prompt, uncached.prompt) and torch.equal(other.text.negative, uncached.negative)
+    assert load_models("tiny").prompt_cache is not models.prompt_cache  # one cache per engine
+
+
+def test_prompt_cache_drops_the_least_recently_used_prompt():
+    models = load_models("tiny")
+    forwards = []
+    models.t5.register_forward_hook(lambda module, args, output: forwards.append(1))
+    cache = PromptCache(capacity=2)
+
+    def encode(prompt: str) -> torch.Tensor:
+        return cache.states(models.t5, models.tokenizer, prompt, device="cpu")
+
+    for prompt in ("a", "b", "a", "c"):  # "a" used again just before "c" arrives: "b" goes
+        encode(prompt)
+    assert len(forwards) == 3 and len(cache) == 2
+    encode("a")
+    assert len(forwards) == 3
+    encode("b")
+    assert len(forwards) == 4
