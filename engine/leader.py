@@ -128,7 +128,8 @@ class Leader:
 
     def why_job_is_out_of_reach(self) -> str | None:
         """For an engine started for one job: why that job can no longer become ours (it ended, another worker
-        holds it, it is gone), or None while it may still be claimed (queued: backing off, or claims paused)."""
+        holds it, it is gone), or None while it may still be claimed: queued (backing off, or claims paused), or
+        still leased to this worker's name by a group that crashed (its lease runs out and our reaper requeues it)."""
         try:
             record = self._call(self._queue.get(self.job_id))
         except JobNotFound:
@@ -136,7 +137,7 @@ class Leader:
         if record.state == JobState.QUEUED:
             return None
         if record.state == JobState.RUNNING:
-            return f"taken by worker {record.lease_owner}"
+            return None if record.lease_owner == self.worker_id else f"taken by worker {record.lease_owner}"
         return f"{record.state} already"
 
     def report(self, stage: str, done: int, total: int) -> None:

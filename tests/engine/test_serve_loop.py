@@ -245,6 +245,16 @@ def test_an_engine_for_one_job_waits_while_claims_are_paused(config, prepared):
     assert code == 0 and job(config, job_id).state == "succeeded"
 
 
+def test_an_engine_for_one_job_takes_it_back_once_its_crashed_predecessors_lease_runs_out(config, prepared):
+    """Under the supervisor, a restarted group keeps the worker name: the job it held is not "taken"."""
+    job_id = submit(config, prepared)
+    query(config, lambda s: s.queue.claim("loop-test", job_id=job_id))  # the group that crashed (5 s lease)
+    code, _ = run_leader(config, StandInPipeline(steps=1), job_id=job_id)
+    record = job(config, job_id)
+    assert code == 0 and (record.state, record.attempts) == ("succeeded", 2)
+    assert "reaped" in [e.kind for e in query(config, lambda s: s.queue.events(job_id))]
+
+
 @pytest.mark.parametrize("fate", ["cancelled", "taken", "unknown"])
 def test_an_engine_for_one_job_stops_when_the_job_is_out_of_reach(config, prepared, fate, caplog):
     job_id = submit(config, prepared)
