@@ -34,7 +34,7 @@ TINY_WARNING = (
     "the video will be NOISE with the right length, size and voices' timing. Put the checkpoints in place "
     "(weights/README.md) for a real video."
 )
-ONE_JOB_ENGINE = "duet-render-"  # worker name prefix of an engine started here for one job
+ONE_JOB_WORKER_PREFIX = "duet-render-"  # worker name prefix of an engine started here for one job
 STAGE_NAMES = {"tts": "speech", "audio": "audio features", "encode": "encoding", "render": "rendering",
                "decode": "decoding", "mux": "writing the MP4"}  # fmt: skip
 
@@ -77,13 +77,13 @@ def submit_files(settings: Settings, *, photo_a: bytes, photo_b: bytes, script: 
 def engine_is_serving(settings: Settings) -> bool:
     """Whether an engine serves the queue (one that another `duet render` started serves only its own job)."""
     workers = _run(settings, lambda s: admin.list_workers(s.queue))
-    return any(w["state"] in ("idle", "busy") and not w["id"].startswith(ONE_JOB_ENGINE) for w in workers)
+    return any(w["state"] in ("idle", "busy") and not w["id"].startswith(ONE_JOB_WORKER_PREFIX) for w in workers)
 
 
 def start_engine(config_path: str | None, preset: str, gpus: int, log_path: Path, job_id: str) -> subprocess.Popen:
     """`engine.serve --job_id` for the job just queued: one process on the CPU or one GPU, torchrun for several.
     Its own worker name keeps it apart from a configured engine's ([engine] worker_name)."""
-    serve = ["-m", "engine.serve", "--job_id", job_id, "--worker_name", f"{ONE_JOB_ENGINE}{job_id[:8]}",
+    serve = ["-m", "engine.serve", "--job_id", job_id, "--worker_name", f"{ONE_JOB_WORKER_PREFIX}{job_id[:8]}",
              "--preset", preset]  # fmt: skip
     if config_path:
         serve += ["--config", config_path]
