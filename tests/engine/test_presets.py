@@ -18,6 +18,13 @@ from engine.presets import (
     missing_files,
 )
 from engine.stages.conditioning import NEGATIVE_PROMPT, PromptCache, build_prompt, encode_prompts, prepare_conditioning
+from engine.stages.tts import (
+    SAMPLES_PER_FRAME,
+    _build_kmodel,
+    kokoro_82m_config,
+    speak_at_speech_rate,
+    tiny_kokoro_config,
+)
 from engine.weights import WeightsError
 from storage.buckets import SIZE_BUCKETS
 
@@ -122,6 +129,24 @@ def test_full_random_builds_the_full_shapes_without_allocating():
         assert sum(p.numel() for p in module.parameters()) == count, name
         assert {p.dtype for p in module.parameters()} == {dtype}, name
     assert torch.get_default_dtype() == torch.float32  # restored after building in bf16 / fp16
+
+
+def test_full_random_kokoro_has_kokoro_82m_shapes():
+    config = kokoro_82m_config()
+    with torch.device("meta"):
+        kokoro = _build_kmodel(config)
+    assert sum(p.numel() for p in kokoro.parameters()) == 81_810_022  # Kokoro-82M
+    assert max(config["vocab"].values()) < config["n_token"] == 178 and min(config["vocab"].values()) >= 1
+
+
+def test_random_kokoro_speaks_three_frames_per_phoneme():
+    kokoro = _build_kmodel(tiny_kokoro_config()).eval()
+    speak_at_speech_rate(kokoro)
+    phonemes = "həlˈO wˈɜɹld"
+    style = 0.3 * torch.randn(1, 256, generator=torch.Generator().manual_seed(0))
+    tokens = len(phonemes) + 2  # and the two boundary tokens
+    assert kokoro(phonemes, style, 1.0).numel() == tokens * 3 * SAMPLES_PER_FRAME
+    assert kokoro(phonemes, style, 1.5).numel() == tokens * 2 * SAMPLES_PER_FRAME  # speed still applies
 
 
 def _conditioning(models, scene: str):
