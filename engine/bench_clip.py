@@ -7,7 +7,8 @@
 What runs is what `engine.serve` runs: the pipeline comes from `engine.serve.build_pipeline` (Ulysses over every
 rank under torchrun), the job from the shipped samples (bot/samples) through the chat bots' checks and composition
 and into a throwaway queue (`bot.core.submit.prepare` and `enqueue`, as `duet demo` does), every rank renders it with
-the serve loop's step gate. One thing differs, so that exactly one chunk renders: the dialogue is the samples'
+the serve loop's step gate. (A tool beside the engine: it imports bot.core, lazily; the engine itself does not.)
+One thing differs, so that exactly one chunk renders: the dialogue is the samples'
 opening exchange cut to about a clip of speech, and after TTS (timed as usual) the speech is cut or padded with
 silence to exactly `--frames` / 25 s.
 
@@ -43,10 +44,9 @@ from engine.stages.clock import StageClock
 from engine.stages.mux import VIDEO_FPS
 from engine.stages.speech import Pauses, Speech
 from engine.streaming import MOTION_FRAMES
-from storage.contract import RenderSettings, Stage
+from storage.contract import JobSpec, RenderSettings, Requester, Stage
 from storage.settings import Settings, load_settings
 
-SAMPLES = Path(__file__).resolve().parent.parent / "bot" / "samples"
 QUALITY_BY_SIZE = {640: "480p", 960: "720p"}  # the square bucket of each quality
 SEED = 42
 GIB = 2**30
@@ -104,8 +104,8 @@ def opening_exchange(script: str, seconds: float) -> str:
 def queue_sample_job(settings: Settings, work_dir: Path, *, size: int, frames: int) -> Assignment:
     """The sample job, checked, composed and queued like `duet demo` does, in a throwaway queue under `work_dir`."""
     from bot.core.submit import Draft, enqueue, prepare
+    from bot.render import SAMPLES
     from storage.cli import open_services
-    from storage.contract import Requester
 
     storage = settings.storage.model_copy(
         update={"database_url": f"sqlite+aiosqlite:///{work_dir / 'queue.db'}", "media_dir": work_dir / "media"}
@@ -134,8 +134,6 @@ def queue_sample_job(settings: Settings, work_dir: Path, *, size: int, frames: i
 
 def with_render(assignment: Assignment, **render) -> Assignment:
     """The same job with some render settings changed (steps, guidance, TeaCache)."""
-    from storage.contract import JobSpec
-
     spec = JobSpec.from_json(assignment.spec_json)
     spec = spec.model_copy(update={"render": spec.render.model_copy(update=render)})
     return replace(assignment, spec_json=spec.model_dump_json())
@@ -165,8 +163,8 @@ def run_job(pipeline, assignment: Assignment, channel: ControlChannel, work_dir:
     """One job on this rank as `engine.serve` renders it (`render` = speech, then `render_speech`), the speech
     fitted to `frames` in between."""
     request = make_request(assignment, work_dir, rank=channel.rank)
-    on_gpu = pipeline.models.dit.patch_embedding.weight.device.type == "cuda"
-    clock = StageClock(sync=torch.cuda.synchronize if on_gpu else None)
+    on_gpu = torch.device(pipeline.models.placement.device).type == "cuda"
+    clock = StageClock(sync=torch.cuda.synchronize if on_gpu else None)  # as the pipeline's own clock
     started = time.perf_counter()
     with clock.measure(Stage.TTS):
         speech = pipeline.speak(request.spec)
@@ -217,15 +215,16 @@ def markdown_row(report: dict, note: str) -> str:
     stages, encode = report["stages"], report["parts"].get(Stage.ENCODE, {})
     peak = max(report["peak_memory"], key=lambda reading: reading["allocated_gib"])
 
-    def s(value: float | None) -> str:
+    def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
     cells = [
         report["date"], report["commit"], report["gpu"], report["gpus"], report["preset"],
         "×".join(map(str, report["size"][::-1])), report["frames"], report["steps"], report["passes"], report["mode"],
-        f"{report['wall_s']:.1f}", s(stages.get(Stage.TTS)), s(stages.get(Stage.AUDIO)), s(encode.get("t5")),
-        s(encode.get("clip")), s(encode.get("vae_encode")), s(stages.get(Stage.RENDER)), s(stages.get(Stage.DECODE)),
-        s(stages.get(Stage.MUX)), s(report["step_s"]), f"{report['dit_share']:.1%}",
+        f"{report['wall_s']:.1f}", seconds(stages.get(Stage.TTS)), seconds(stages.get(Stage.AUDIO)),
+        seconds(encode.get("t5")), seconds(encode.get("clip")), seconds(encode.get("vae_encode")),
+        seconds(stages.get(Stage.RENDER)), seconds(stages.get(Stage.DECODE)), seconds(stages.get(Stage.MUX)),
+        seconds(report["step_s"]), f"{report['dit_share']:.1%}",
         f"{peak['allocated_gib']:.1f} / {peak['reserved_gib']:.1f}", note,
     ]  # fmt: skip
     return "| " + " | ".join(str(cell) for cell in cells) + " |\n"
@@ -238,7 +237,8 @@ def append_markdown(path: Path, report: dict, note: str) -> None:
     lines = text.splitlines(keepends=True)
     if TABLE_TITLE + "\n" not in lines:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text.rstrip("\n") + f"\n\n{TABLE_TITLE}\n\n{TABLE_INTRO}\n\n{TABLE_HEADER}{row}", encoding="utf-8")
+        table = f"\n\n{TABLE_TITLE}\n\n{TABLE_INTRO}\n\n{TABLE_HEADER}{row}"
+        path.write_text(text.rstrip("\n") + table, encoding="utf-8")
         return
     at = lines.index(TABLE_TITLE + "\n") + 1
     while at < len(lines) and not lines[at].startswith("|"):  # the intro
@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> None:
             memory = channel.gather(peak_memory(groups))  # also: rank 0 keeps the queue's files until all are done
         if not groups.is_leader:
             return
-        attention = args.attention or pipeline.models.preset.dit.attention_backend
-        mode = attention + (" +compile" if is_compiled(pipeline.models.dit) else "") + (" +teacache" * args.teacache)
+        mode = pipeline.models.preset.dit.attention_backend  # with --attention applied by build_pipeline
+        mode += (" +compile" if is_compiled(pipeline.models.dit) else "") + (" +teacache" if args.teacache else "")
         report = build_report(args, mode=mode, gpus=groups.world_size, load_s=load_s, timed=timed, warmup=warmup,
                               memory=memory)  # fmt: skip
         print(json.dumps(report, indent=1))

@@ -230,8 +230,8 @@ def kokoro_82m_config() -> dict[str, Any]:
         "plbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
                    "max_position_embeddings": MAX_PHONEMES + 2, "num_hidden_layers": 12, "dropout": 0.1},
         "istftnet": {"upsample_kernel_sizes": [20, 12], "upsample_rates": [10, 6], "gen_istft_hop_size": 5,
-                     "gen_istft_n_fft": 20, "resblock_dilation_sizes": [[1, 3, 5]] * 3, "resblock_kernel_sizes": [3, 7, 11],
-                     "upsample_initial_channel": 512},
+                     "gen_istft_n_fft": 20, "resblock_dilation_sizes": [[1, 3, 5]] * 3,
+                     "resblock_kernel_sizes": [3, 7, 11], "upsample_initial_channel": 512},
     }  # fmt: skip
 
 

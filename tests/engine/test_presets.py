@@ -3,6 +3,8 @@ engine's prompt cache."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image
@@ -131,6 +133,18 @@ def test_full_random_builds_the_full_shapes_without_allocating():
     assert torch.get_default_dtype() == torch.float32  # restored after building in bf16 / fp16
 
 
+def test_models_are_built_in_their_own_dtype():
+    """`full-random`'s path at tiny size on the CPU: the init kernels run in bf16 / fp16, the default dtype returns."""
+    preset = replace(get_preset("tiny"), dit_dtype=torch.bfloat16, t5_dtype=torch.bfloat16, clip_dtype=torch.float16)
+    models = load_models(preset)
+    for module, dtype in ((models.dit, torch.bfloat16), (models.t5, torch.bfloat16), (models.clip, torch.float16),
+                          (models.vae, torch.float32)):  # fmt: skip
+        assert {p.dtype for p in module.parameters()} == {dtype}
+        assert all(torch.isfinite(p.float()).all() for p in module.parameters())
+    assert models.vae.latents_inv_std.dtype == torch.float32  # explicit dtypes are kept
+    assert torch.get_default_dtype() == torch.float32
+
+
 def test_full_random_kokoro_has_kokoro_82m_shapes():
     config = kokoro_82m_config()
     with torch.device("meta"):
@@ -144,9 +158,9 @@ def test_random_kokoro_speaks_three_frames_per_phoneme():
     speak_at_speech_rate(kokoro)
     phonemes = "həlˈO wˈɜɹld"
     style = 0.3 * torch.randn(1, 256, generator=torch.Generator().manual_seed(0))
-    tokens = len(phonemes) + 2  # and the two boundary tokens
-    assert kokoro(phonemes, style, 1.0).numel() == tokens * 3 * SAMPLES_PER_FRAME
-    assert kokoro(phonemes, style, 1.5).numel() == tokens * 2 * SAMPLES_PER_FRAME  # speed still applies
+    output = kokoro(phonemes, style, 1.0, return_output=True)
+    assert output.pred_dur.tolist() == [3] * (len(phonemes) + 2)  # and the two boundary tokens
+    assert output.audio.numel() == (len(phonemes) + 2) * 3 * SAMPLES_PER_FRAME
 
 
 def _conditioning(models, scene: str):
