@@ -228,14 +228,16 @@ def bench_modes(
 MARKDOWN_SECTION = "## Fast modes (`python -m engine.bench_modes`)"
 MARKDOWN_INTRO = (
     "One row per mode: the real sampler for the given steps from one seed, the full-size DiT with random weights, "
-    "two speakers. s/step is the median step, denoise s the whole loop; blocks = block passes computed / skipped "
-    "by TeaCache; deviation = ‖x − x_exact‖ / ‖x_exact‖ of the final latent against the exact mode at the same "
-    "step count. With random weights the deviation is a rough proxy, not the quality with the real checkpoint; "
-    "`distilled` runs without its LoRA, so only its speed is meaningful."
+    "two speakers (the note says when fewer blocks ran). s/step is the median step, denoise s the whole loop; a "
+    "block pass is one run of all blocks for one guidance branch (TeaCache skips some); deviation = "
+    "‖x − x_exact‖ / ‖x_exact‖ of the final latent against the exact mode at the same step count. "
+    "With random weights the deviation is a rough proxy, not the quality with the real checkpoint; "
+    "`distilled` runs without its LoRA, so only its speed is meaningful. The random time MLP sees only the slower "
+    "half of the timestep frequencies, so that TeaCache's input drifts as a trained model's does."
 )
 MARKDOWN_HEADER = (
     "| date | commit | GPU | GPUs | size | frames | mode | steps | passes | attention | s/step | denoise s "
-    "| blocks computed / skipped | peak GiB | deviation | note |\n"
+    "| block passes run / skipped | peak GiB | deviation | note |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
