@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from engine.guidance import GuidanceConfig
+from engine.offload import apply_low_memory
 from engine.presets import EngineModels, LoraFile, Placement, Preset, load_models
 from engine.sampling import CancelCheck, default_shift
 from engine.stages.audio import encode_tracks, target_frame_count
@@ -82,6 +83,16 @@ class PipelineOptions:
     teacache_threshold: float = 0.2
     video_crf: int = DEFAULT_CRF
     video_preset: str = "medium"  # x264 speed/size trade-off
+    # Low-memory options (engine/offload.py): the original service's `--num_persistent_param_in_dit` (None: the whole
+    # DiT stays on the GPU; 0: only its embeddings and head) and `--offload_model` (GPU only), and VAE tiling.
+    persistent_dit_params: int | None = None
+    offload_models: bool = False
+    vae_tiling: bool = False
+
+    @property
+    def is_low_memory(self) -> bool:
+        """Whether the models are placed by `apply_low_memory` (VAE tiling alone places nothing)."""
+        return self.persistent_dit_params is not None or self.offload_models
 
 
 class RenderPipeline:
@@ -110,8 +121,20 @@ class RenderPipeline:
         loras: tuple[LoraFile, ...] = (),
         options: PipelineOptions = PipelineOptions(),
     ) -> RenderPipeline:
-        """Load the preset's models and Kokoro (`tiny`: random weights, no files; `full`: `weights_dir`)."""
-        models = load_models(preset, weights_dir, placement=placement, loras=loras)
+        """Load the preset's models and Kokoro (`tiny`: random weights, no files; `full`: `weights_dir`), placed for
+        the options' low-memory settings.
+
+        With a low-memory option on a GPU, the models load into CPU memory first and `apply_low_memory` moves onto
+        the GPU only what stays there: the whole DiT (38 GB in bf16) never has to fit.
+        """
+        staged = options.is_low_memory and torch.device(placement.device).type == "cuda"
+        load_placement = replace(placement, device="cpu", t5_device="cpu") if staged else placement
+        models = load_models(preset, weights_dir, placement=load_placement, loras=loras)
+        models.placement = placement
+        apply_low_memory(
+            models, persistent_params=options.persistent_dit_params, offload_models=options.offload_models,
+            vae_tiling=options.vae_tiling,
+        )  # fmt: skip
         tts = load_tts(weights_dir, preset=models.preset.name, device=placement.device)
         return cls(models, tts, options)
 

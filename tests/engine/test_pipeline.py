@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from engine.cache import TeaCache
-from engine.pipeline import RenderPipeline, RenderRefused, RenderRequest, speech_lines
+from engine.pipeline import PipelineOptions, RenderPipeline, RenderRefused, RenderRequest, speech_lines
 from engine.presets import LoraFile
 from engine.sampling import RenderCancelled
 from engine.stages.mux import mux_mp4
@@ -187,6 +187,32 @@ def test_cancel_stops_at_a_step_boundary(pipeline, frame_path, long_speech, tmp_
     assert raised.value.step == 1  # before the second step of the second chunk
     assert steps_seen == [1, 2, 3]
     assert not (tmp_path / "result.mp4").exists()
+
+
+def test_low_memory_options_render_the_same_frames(pipeline, frame_path, short_speech, tmp_path, monkeypatch):
+    """One DiT block kept, the other streamed (CPU to CPU here: it runs on a copy of its weights); --offload_model
+    does nothing on a CPU device."""
+    encoded = []
+
+    def recording_mux(frames, *args, **kwargs):
+        encoded.append(frames.copy())
+        return mux_mp4(frames, *args, **kwargs)
+
+    monkeypatch.setattr("engine.pipeline.mux_mp4", recording_mux)
+    dit = pipeline.models.dit
+    one_block = sum(p.numel() for p in dit.parameters()) - sum(p.numel() for p in dit.blocks[1:].parameters())
+    options = PipelineOptions(persistent_dit_params=one_block, offload_models=True)
+    low_memory = RenderPipeline.from_preset("tiny", options=options)
+    streamed_weight = low_memory.models.dit.blocks[1].ffn[0].weight
+    home = streamed_weight.data_ptr()
+    running = []
+    low_memory.models.dit.blocks[1].register_forward_pre_hook(lambda *_: running.append(streamed_weight.data_ptr()))
+    for name, renderer in (("default", pipeline), ("low_memory", low_memory)):
+        request = RenderRequest(spec=job(*SHORT, steps=1), frame_path=frame_path, work_dir=tmp_path / name)
+        renderer.render_speech(request, short_speech)
+    default, streamed = encoded
+    assert np.array_equal(default, streamed)
+    assert running and home not in running and streamed_weight.data_ptr() == home
 
 
 def test_teacache_apg_and_two_pass_guidance_reach_the_model(frame_path, pipeline, short_speech, tmp_path):
