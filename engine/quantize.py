@@ -9,12 +9,14 @@ per forward, and the time path and head are the reference's fp32 islands.
 Numerics of `FP8Linear`: the weight is quantized once, per output channel, to float8
 e4m3 with an fp32 scale (amax / 448); each call quantizes the activations per token (row) the same way and
 multiplies with `torch._scaled_mm` (fp32 accumulation, both scale vectors applied in its epilogue, bias added, out in
-the activation dtype). That kernel needs compute capability >= 8.9 (Ada, Hopper) and in/out widths divisible by 16.
+the activation dtype). That kernel needs compute capability >= 8.9 (Ada, Hopper), in/out widths divisible by 16 and,
+with row-wise scales, bf16 activations (the DiT's dtype).
 Elsewhere (CPU, older GPUs) the same quantize -> dequantize arithmetic runs in plain fp32 torch: it exists so CPU
 tests check the numerics and the module swap, and is slower than the bf16 layer it replaces, never a speed path.
-Measured on an H200 (docs/benchmarks.md): 0.037 relative error per layer against fp32 (bf16: 0.0017); the FFN GEMM
-at 1245 TFLOP/s (bf16 770), but `FP8Linear` eager only 786: the activation quantization's separate elementwise
-kernels eat the gain, which `compile_blocks` fuses away (1216). Use FP8 with compiled blocks.
+Measured on an H100 / H200 (docs/benchmarks.md): 0.037 relative error per layer against fp32 (bf16: 0.0017); the
+FFN GEMM at 971 / 1245 TFLOP/s (bf16 800 / 770), but `FP8Linear` eager only 664 / 786, slower than bf16 on the H100:
+the activation quantization's separate elementwise kernels eat the gain, and `compile_blocks` fuses them away
+(995 / 1216). Use FP8 with compiled blocks.
 
 Order at load: load the state dict and merge LoRAs first, then quantize, then `compile_blocks` and/or wrap in
 `SequenceParallelDiT` (which only replaces attention, so it is unaffected). The swap is irreversible and frees the
@@ -23,8 +25,8 @@ bf16 ones) and do not shard it with FSDP: 19 GB of FP8 blocks fit one GPU, which
 
 FP8 attention is not here: PyTorch exposes no FP8 scaled-dot-product-attention kernel (cuDNN's FP8 SDPA is not
 reachable through `F.scaled_dot_product_attention`), and attention is 67 % of a forward's FLOPs at 960×960, so the
-GEMMs alone bring at most ~1.2× (performance.md §6, item 4). An 8-bit attention needs an outside kernel
-(SageAttention, FA3-fp8) registered as an attention backend (engine/models/attention.py).
+GEMMs alone bring little there (measured 1.07× per step at 960×960, 1.13× at 640×640). An 8-bit attention needs an
+outside kernel (SageAttention, FA3-fp8) registered as an attention backend (engine/models/attention.py).
 
 `python -m engine.quantize --selfcheck` checks the CUDA path on a GPU (errors and GEMM speed; see `main`).
 """
@@ -98,7 +100,7 @@ class FP8Linear(nn.Module):
         """x: [..., in] -> [..., out] in x's dtype."""
         rows = x.reshape(-1, self.in_features)
         x_fp8, x_scale = quantize_rowwise(rows)
-        if self.use_scaled_mm:
+        if self.use_scaled_mm and x.dtype == torch.bfloat16:  # row-wise scaled FP8 GEMMs only write bf16
             out = torch._scaled_mm(
                 x_fp8,
                 self.weight.t(),  # column-major [in, out], the layout the FP8 kernel takes for its second operand
