@@ -2,8 +2,8 @@
 `--offload_model`, decided once after loading (`apply_low_memory`) and carried out by forward hooks, so that no
 stage and no step loop moves weights or flushes the allocator itself.
 
-- Block streaming (`BlockStreamer`, `stream_dit`): the DiT's embeddings, head and audio projection (0.25 B
-  parameters) stay on the GPU; of its 40 blocks (0.47 B parameters, 0.93 GB in bf16, each), the first ones that fit
+- Block streaming (`BlockStreamer`, `stream_dit`): the DiT's embeddings, head and audio projection (0.32 B
+  parameters) stay on the GPU; of its 40 blocks (0.46 B parameters, 0.93 GB in bf16, each), the first ones that fit
   in the budget of N parameters stay there too, and the others keep their weights in one pinned CPU buffer per
   block. A streamed block is copied to the GPU on a side stream while the block before it computes, and its GPU
   copy is dropped once it has run, so at most three streamed blocks occupy the GPU at a time (one running, the
