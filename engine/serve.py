@@ -60,6 +60,10 @@ class ServeOptions:
     job_id: str | None = None  # serve this one job only, then exit (`duet render` starts an engine for its job)
     attention: str | None = None  # a registered attention backend; None: the preset's (DiTConfig's default)
     compile: bool = False  # torch.compile the DiT's blocks (engine.acceleration)
+    persistent_dit_params: int | None = None  # --num_persistent_param_in_dit: None keeps the whole DiT on the GPU
+    t5_cpu: bool = False  # T5 runs on the CPU (its prompts are cached per engine, so it runs once per scene)
+    fp8: bool = False  # FP8 matrix multiplies in the DiT's blocks (engine.quantize)
+    vae_tiling: bool = False  # decode in overlapping spatial tiles (less memory; seams, see engine/offload.py)
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
     """The render pipeline of this rank: the preset's models, wrapped for sequence parallelism when asked."""
     from engine.parallel.fsdp import dit_blocks, shard_blocks, t5_blocks
     from engine.parallel.sequence import SequenceParallelDiT
-    from engine.pipeline import RenderPipeline
+    from engine.pipeline import PipelineOptions, RenderPipeline
     from engine.presets import Placement, get_preset
     from engine.stages.render import DiTVelocity
 
@@ -97,9 +101,19 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
     if options.attention is not None:  # through the config, so the sequence-parallel wrapper's local kernel follows
         preset = replace(preset, dit=replace(preset.dit, attention_backend=options.attention))
     options.parallel.check(groups.world_size, preset.dit.num_heads)
-    placement = Placement(device=str(groups.device), t5_device="cpu" if options.offload_model else None)
+    placement = Placement(device=str(groups.device), t5_device="cpu" if options.t5_cpu else None)
     weights_dir = options.weights_dir or settings.engine.weights_dir
-    pipeline = RenderPipeline.from_preset(preset, weights_dir, placement=placement)  # type: ignore[arg-type]
+    pipeline_options = PipelineOptions(
+        persistent_dit_params=options.persistent_dit_params, offload_models=options.offload_model,
+        vae_tiling=options.vae_tiling,
+    )  # fmt: skip
+    pipeline = RenderPipeline.from_preset(
+        preset, weights_dir, placement=placement, options=pipeline_options  # type: ignore[arg-type]
+    )
+    if options.fp8:
+        from engine.quantize import quantize_dit_fp8
+
+        quantize_dit_fp8(pipeline.models.dit)  # after loading and LoRA merging, before compiling (its docstring)
     if options.parallel.dit_fsdp:
         shard_blocks(dit_blocks(pipeline.models.dit), groups)
     if options.parallel.t5_fsdp:
@@ -326,7 +340,9 @@ def _worker_info(options: ServeOptions, groups: ProcessGroups, pipeline, load_s:
         "host": socket.gethostname(), "pid": os.getpid(), "world_size": groups.world_size,
         "preset": pipeline.models.preset.name, "device": str(groups.device), "backend": groups.backend,
         "ulysses_size": options.parallel.ulysses_size, "load_s": round(load_s, 1),
-        "attention": pipeline.models.dit.config.attention_backend, "compiled": options.compile,
+        "attention": pipeline.models.dit.config.attention_backend, "compiled": options.compile, "fp8": options.fp8,
+        "persistent_dit_params": options.persistent_dit_params, "offload_model": options.offload_model,
+        "t5_cpu": options.t5_cpu,
     }  # fmt: skip
 
 
@@ -380,7 +396,13 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.option("--frame_num", type=int, default=None, help="Frames per chunk (4n+1); default the preset's (81).")
 @click.option("--sample_shift", type=float, default=None,
               help="Default flow shift for jobs that set none (default: 7 at 480p, 11 at 720p).")
-@click.option("--offload_model", type=bool, default=False, help="Keep T5 on the CPU (saves GPU memory).")
+@click.option("--offload_model", type=bool, default=False,
+              help="Move models off the GPU while another stage runs (T5, CLIP, the DiT's kept blocks).")
+@click.option("--num_persistent_param_in_dit", "persistent_dit_params", type=click.IntRange(min=0), default=None,
+              help="Keep only this many DiT parameters on the GPU; stream the other blocks from pinned CPU memory.")
+@click.option("--t5_cpu", is_flag=True, help="Run T5 on the CPU (once per distinct scene: prompts are cached).")
+@click.option("--fp8", is_flag=True, help="FP8 matrix multiplies in the DiT's blocks (Ada/Hopper; use with --compile).")
+@click.option("--vae_tiling", is_flag=True, help="Decode in overlapping tiles: less memory, small seams.")
 @click.option("--collective_timeout_s", type=float, default=600.0,
               help="Longest a render collective may hang before the group is torn down (idle waits are not bound).")
 @click.option("--time_limit_s", type=float, default=None, help="Per-job limit; default [queue] job_timeout_s.")
@@ -391,8 +413,8 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
               help="torch.compile the DiT's blocks: faster steps on GPUs after one compilation per input shape.")
 @click.option("--check", is_flag=True, help="Only check that the preset's weight files exist; say what would load.")
 def main(config_path, preset, weights_dir, once, job_id, ulysses_size, ring_size, sp_backend, t5_fsdp, dit_fsdp,
-         frame_num, sample_shift, offload_model, collective_timeout_s, time_limit_s, worker_name, attention,
-         compile_dit, check) -> None:  # fmt: skip
+         frame_num, sample_shift, offload_model, persistent_dit_params, t5_cpu, fp8, vae_tiling, collective_timeout_s,
+         time_limit_s, worker_name, attention, compile_dit, check) -> None:  # fmt: skip
     """Serve the render queue until drained or stopped (run it under torchrun; see run_engine.sh)."""
     try:
         settings = load_settings(config_path)
@@ -402,8 +424,15 @@ def main(config_path, preset, weights_dir, once, job_id, ulysses_size, ring_size
         sys.exit(check_weights(settings, preset, weights_dir))
     if frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
         raise click.BadParameter("must be 4n+1 and at least 5", param_hint="--frame_num")
-    if t5_fsdp and offload_model:
-        raise click.UsageError("--t5_fsdp shards T5 over the GPUs; --offload_model keeps it on the CPU: pick one")
+    low_memory = offload_model or persistent_dit_params is not None
+    if t5_fsdp and (t5_cpu or offload_model):
+        raise click.UsageError("--t5_fsdp shards T5 over the GPUs; --t5_cpu/--offload_model keep it on the CPU: pick one")
+    if dit_fsdp and (low_memory or fp8):
+        raise click.UsageError("--dit_fsdp shards the DiT's blocks; it does not combine with "
+                               "--num_persistent_param_in_dit, --offload_model or --fp8")  # fmt: skip
+    if fp8 and low_memory:
+        raise click.UsageError("--fp8 halves the DiT instead of streaming it: it does not combine with "
+                               "--num_persistent_param_in_dit or --offload_model")  # fmt: skip
     if ring_size != 1 and sp_backend != "xfuser":
         raise click.UsageError("--ring_size > 1 needs --sp_backend xfuser (the built-in backend is Ulysses only)")
     options = ServeOptions(
@@ -412,6 +441,7 @@ def main(config_path, preset, weights_dir, once, job_id, ulysses_size, ring_size
                                 dit_fsdp=dit_fsdp, collective_timeout_s=collective_timeout_s),
         frame_num=frame_num, sample_shift=sample_shift, offload_model=offload_model, time_limit_s=time_limit_s,
         worker_name=worker_name, job_id=job_id, attention=attention, compile=compile_dit,
+        persistent_dit_params=persistent_dit_params, t5_cpu=t5_cpu, fp8=fp8, vae_tiling=vae_tiling,
     )  # fmt: skip
     sys.exit(serve(options))
 

@@ -70,3 +70,37 @@ def test_only_rank_zero_writes_the_video(tmp_path):
     requests = [make_request(assignment, Path(tmp_path), rank=rank) for rank in range(3)]
     assert [r.writes_video for r in requests] == [True, False, False]
     assert requests[0].job_id == "job-1"
+
+
+def test_fp8_and_low_memory_options_reach_the_pipeline():
+    from engine.quantize import FP8Linear
+
+    pipeline = build_pipeline(options(fp8=True), Settings(), SINGLE)
+    swapped = [m for m in pipeline.models.dit.blocks.modules() if isinstance(m, FP8Linear)]
+    assert len(swapped) == 15 * len(pipeline.models.dit.blocks)
+    low = build_pipeline(options(persistent_dit_params=0, offload_model=True, t5_cpu=True), Settings(), SINGLE)
+    assert low.options.persistent_dit_params == 0 and low.options.offload_models
+    assert low.models.placement.text_device == "cpu"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dit_fsdp", "--fp8"],
+        ["--dit_fsdp", "--num_persistent_param_in_dit", "0"],
+        ["--fp8", "--offload_model", "true"],
+        ["--t5_fsdp", "--t5_cpu"],
+    ],
+)
+def test_options_that_do_not_combine_are_refused(args):
+    refused = CliRunner().invoke(serve.main, ["--preset", "tiny", *args])
+    assert refused.exit_code == 2
+    assert "combine" in refused.output or "pick one" in refused.output
+
+
+def test_the_command_line_fills_the_low_memory_options(monkeypatch):
+    seen: list[ServeOptions] = []
+    monkeypatch.setattr(serve, "serve", lambda opts: seen.append(opts) or 0)
+    args = ["--preset", "tiny", "--num_persistent_param_in_dit", "7000000000", "--offload_model", "true", "--t5_cpu"]
+    assert CliRunner().invoke(serve.main, args).exit_code == 0
+    assert (seen[0].persistent_dit_params, seen[0].offload_model, seen[0].t5_cpu, seen[0].fp8) == (7e9, True, True, False)
