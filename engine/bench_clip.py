@@ -264,6 +264,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacache", action="store_true", help="jobs ask for TeaCache")
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (engine.acceleration)")
     parser.add_argument("--attention", default=None, help="DiT attention backend (default: the preset's)")
+    parser.add_argument("--fp8", action="store_true", help="FP8 matrix multiplies in the DiT (engine.quantize)")
+    parser.add_argument("--num_persistent_param_in_dit", type=int, default=None,
+                        help="low memory: DiT parameters kept on the GPU, the other blocks streamed")  # fmt: skip
+    parser.add_argument("--offload_model", action="store_true", help="low memory: models leave the GPU between stages")
+    parser.add_argument("--t5_cpu", action="store_true", help="run T5 on the CPU")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="append a row to this file's whole-clip table")
     parser.add_argument("--note", default="")
@@ -278,7 +283,8 @@ def serve_options(args: argparse.Namespace, world_size: int) -> ServeOptions:
     return ServeOptions(
         config_path=None, preset=args.preset, weights_dir=None, once=True,
         parallel=ParallelConfig(ulysses_size=world_size), frame_num=args.frames, sample_shift=None,
-        offload_model=False, time_limit_s=None, worker_name=None, attention=args.attention, compile=args.compile,
+        offload_model=args.offload_model, time_limit_s=None, worker_name=None, attention=args.attention,
+        compile=args.compile, persistent_dit_params=args.num_persistent_param_in_dit, t5_cpu=args.t5_cpu, fp8=args.fp8,
     )  # fmt: skip
 
 
@@ -310,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         mode = pipeline.models.preset.dit.attention_backend  # with --attention applied by build_pipeline
         mode += (" +compile" if is_compiled(pipeline.models.dit) else "") + (" +teacache" if args.teacache else "")
+        mode += " +fp8" if args.fp8 else ""
+        if args.num_persistent_param_in_dit is not None:
+            mode += f" persistent={args.num_persistent_param_in_dit}"
+        mode += (" +offload" if args.offload_model else "") + (" +t5_cpu" if args.t5_cpu else "")
         report = build_report(args, mode=mode, gpus=groups.world_size, load_s=load_s, timed=timed, warmup=warmup,
                               memory=memory)  # fmt: skip
         print(json.dumps(report, indent=1))
