@@ -33,6 +33,7 @@ unchanged: the hooks are left out of the graph, which sees GPU tensors of the sa
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -41,9 +42,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from engine.models.dit import DiTConfig, MultiTalkDiT
 from engine.presets import EngineModels
+
+logger = logging.getLogger(__name__)
 
 # Each tensor starts on a 256-byte boundary of its flat buffer: the alignment fresh CUDA allocations have, which
 # cuBLAS kernels and Inductor's generated code assume.
@@ -276,6 +280,8 @@ def stream_dit(
 ) -> BlockStreamer:
     """Put the DiT's non-block modules on `device` and stream its blocks within `persistent_params` (None: all
     blocks resident, which only makes sense with `evictable`). Call once per model."""
+    if any(isinstance(tensor, DTensor) for tensor in dit.blocks.parameters()):
+        raise ValueError("the DiT's blocks are sharded (FSDP): they cannot also be streamed")
     for child in dit.children():
         if child is not dit.blocks:
             child.to(device)
@@ -367,6 +373,12 @@ def apply_low_memory(
         models.vae.to(device)
         models.clip.to(device)
         models.t5.to(models.placement.text_device)
+    logger.info(
+        "low-memory placement",
+        extra={"action": "load_models", "resident_blocks": len(streamer.resident),
+               "streamed_blocks": len(streamer.streamed), "offload_models": offload,
+               "dit_gib_on_device": round(resident_bytes(models.dit, device) / 2**30, 2)},
+    )  # fmt: skip
     return streamer
 
 

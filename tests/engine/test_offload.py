@@ -244,6 +244,22 @@ def test_sequence_parallel_dit_streams_the_same_blocks():
         dist.destroy_process_group()
 
 
+def test_fsdp_sharded_blocks_are_refused():
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this test process")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dit = tiny_dit(num_layers=2)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        fully_shard(dit.blocks[0], mesh=init_device_mesh("cpu", (1,)))
+        with pytest.raises(ValueError, match="FSDP"):
+            stream_dit(dit, persistent_params=0, device="cpu")
+    finally:
+        dist.destroy_process_group()
+
+
 def test_resident_bytes_counts_only_the_tensors_on_that_device():
     module = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2, device="meta"))
     module.register_buffer("scale", torch.ones(3, dtype=torch.float64))
