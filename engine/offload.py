@@ -36,7 +36,7 @@ import argparse
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -299,10 +299,10 @@ class OnCallPlacement:
         device: torch.device | str,
         *,
         home_device: torch.device | str = "cpu",
-        before: Any = None,
+        before: Callable[[], Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.pack = PackedWeights(module, home_device, pin=False)  # fetched once per job: pageable is fast enough
+        self.pack = PackedWeights(module, home_device, pin=False)  # once per job or chunk: pageable will do
         self.before = before
         module.register_forward_pre_hook(self._fetch, with_kwargs=True)
         module.register_forward_hook(self._park)
