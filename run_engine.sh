@@ -13,8 +13,16 @@
 #     --preset tiny             random weights, runs on the CPU, renders noise (for trying the path end to end)
 #     --once                    serve one job, then exit
 #     --ulysses_size N          sequence parallelism over N GPUs (default: --gpus when N > 1)
-#     --offload_model true      keep T5 on the CPU
+#     --preset full-random      production shapes with random weights, no files (GPU smoke tests, benchmarks)
+#     --job_id ID               serve this one job, then exit (what `duet render` starts)
+#     --attention cudnn --compile   the fast path on H100/H200 (cuDNN attention, compiled blocks): ~1.25x faster
+#     --fp8                     FP8 matrix multiplies in the DiT (Ada/Hopper; with --compile; see docs/benchmarks.md)
 #     --dit_fsdp --t5_fsdp      shard the DiT's blocks / T5's layers over the processes (FSDP)
+#   low memory (one GPU of 24 GB; see engine/offload.py):
+#     --num_persistent_param_in_dit N   keep N DiT parameters on the GPU, stream the other blocks from pinned memory
+#     --offload_model true      T5, CLIP and the DiT leave the GPU while another stage runs
+#     --t5_cpu                  run T5 on the CPU (once per distinct scene: prompts are cached)
+#     --vae_tiling              decode in overlapping tiles (less memory, small seams)
 #     --sp_backend xfuser --ring_size R   xfuser 0.4.5's Ulysses x ring attention instead of the built-in Ulysses
 #
 # Stop: SIGTERM (systemd stop, Ctrl-C) requeues the current job without charging an attempt and exits within
