@@ -13,8 +13,9 @@ against the exact mode, ‖x − x_exact‖ / ‖x_exact‖.
 
 Modes: `exact` (3 guidance passes, model dtype), `teacache` (the reference's TeaCache, polynomial of the size
 bucket, `--teacache-threshold`), `fp8` (engine.quantize's FP8 linears, exact sampler), `fp8+teacache`, `distilled`
-(2 passes: text scale 1, `--distilled-steps` steps; compared with the exact sampler at the same step count, which
-this benchmark then also runs). The FP8 swap is irreversible, so the model-dtype modes run first.
+(2 passes: text scale 1, `--distilled-steps` steps, the bucket's shift like every mode where the LoRA recipes use 2;
+compared with the exact sampler at the same step count, which this benchmark then also runs), `fp8+distilled`. A
+mode joins its switches with "+". The FP8 swap is irreversible, so the model-dtype modes run first.
 
 Random weights need one correction for TeaCache to mean anything: a random time MLP maps neighbouring timesteps to
 unrelated modulation vectors (the sinusoid's fast frequencies dominate; the relative change of e0 per step is ~0.7
