@@ -25,7 +25,7 @@ from storage import admin
 from storage.cli import open_services
 from storage.contract import TERMINAL_STATES, JobState, Requester
 from storage.queue import JobRecord
-from storage.settings import Settings
+from storage.settings import ENGINE_PRESETS, Settings
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 POLL_S = 0.5
@@ -184,7 +184,7 @@ _SHARED_OPTIONS = [
     click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None),
     click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("video.mp4"),
                  show_default=True, help="Where to write the MP4."),
-    click.option("--preset", type=click.Choice(["full", "tiny"]), default=None,
+    click.option("--preset", type=click.Choice(ENGINE_PRESETS), default=None,
                  help="Engine preset if one is started (default [engine] preset)."),
     click.option("--gpus", type=int, default=None, help="Processes for a started engine (default: every GPU, or 1)."),
 ]

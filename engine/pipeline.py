@@ -213,7 +213,7 @@ class RenderPipeline:
             boxes=None if inputs.box_a is None else (inputs.box_a, inputs.box_b),
             size=models.preset.frame_size(request.spec.render.quality, frame.height, frame.width),
             scene=inputs.scene, frame_num=models.preset.frame_num, dtype=models.dit.dtype,
-            device=models.placement.device,
+            device=models.placement.device, prompt_cache=models.prompt_cache,
         )  # fmt: skip
 
     def _write(

@@ -36,7 +36,7 @@ from engine.parallel.groups import ParallelConfig, ProcessGroups, destroy_groups
 from engine.sampling import RenderCancelled
 from storage.contract import JobSpec
 from storage.errors import DuetError
-from storage.settings import Settings, load_settings
+from storage.settings import ENGINE_PRESETS, Settings, load_settings
 
 logger = logging.getLogger("engine.serve")
 
@@ -101,7 +101,9 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
     if options.attention is not None:  # through the config, so the sequence-parallel wrapper's local kernel follows
         preset = replace(preset, dit=replace(preset.dit, attention_backend=options.attention))
     options.parallel.check(groups.world_size, preset.dit.num_heads)
-    placement = Placement(device=str(groups.device), t5_device="cpu" if options.t5_cpu else None)
+    # wav2vec2 runs where the DiT does: the reference keeps it on the CPU, where it costs seconds per job.
+    placement = Placement(device=str(groups.device), t5_device="cpu" if options.t5_cpu else None,
+                          wav2vec_device=str(groups.device))  # fmt: skip
     weights_dir = options.weights_dir or settings.engine.weights_dir
     pipeline_options = PipelineOptions(
         persistent_dit_params=options.persistent_dit_params, offload_models=options.offload_model,
@@ -380,7 +382,7 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.command("serve", context_settings={"show_default": True})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DUET_CONFIG",
               help="bot_config.toml (database, media, queue timings, [engine]).")
-@click.option("--preset", type=click.Choice(["full", "tiny"]), default=None,
+@click.option("--preset", type=click.Choice(ENGINE_PRESETS), default=None,
               help="Models to load; default [engine] preset. tiny: random weights on CPU (the output is noise).")
 @click.option("--weights_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint folder; default [engine] weights_dir.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -94,9 +94,15 @@ class HttpSettings(_Section):
     link_ttl_s: float = Field(default=24 * 3600.0, gt=0.0)
 
 
+# The engine's presets (engine/presets.py PRESETS; a test keeps the two lists equal), named here so that the
+# config loader and the command lines validate a name without importing the engine.
+EnginePreset = Literal["full", "full-random", "tiny"]
+ENGINE_PRESETS: tuple[str, ...] = get_args(EnginePreset)
+
+
 class EngineSettings(_Section):
     weights_dir: Path = Path("weights")
-    preset: Literal["full", "tiny"] = "full"
+    preset: EnginePreset = "full"
     worker_name: str | None = None
 
 

@@ -203,3 +203,10 @@ def test_prompt_cache_drops_the_least_recently_used_prompt():
     assert len(forwards) == 3
     encode("b")
     assert len(forwards) == 4
+
+
+def test_the_config_and_command_lines_know_every_preset():
+    from engine.presets import PRESETS
+    from storage.settings import ENGINE_PRESETS
+
+    assert set(ENGINE_PRESETS) == set(PRESETS)
