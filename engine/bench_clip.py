@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -288,6 +289,13 @@ def serve_options(args: argparse.Namespace, world_size: int) -> ServeOptions:
     )  # fmt: skip
 
 
+def say(groups, message: str) -> None:
+    """A progress line from rank 0 on stderr, at once: a benchmark killed by its time limit still shows how far
+    it got (stdout to a file is block-buffered)."""
+    if groups.is_leader:
+        print(f"[bench_clip {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = load_settings(None)
@@ -295,8 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     channel = ControlChannel(groups)
     try:
         started = time.perf_counter()
+        say(groups, f"building the {args.preset} pipeline on {groups.world_size} rank(s), device {groups.device}")
         pipeline = build_pipeline(serve_options(args, groups.world_size), settings, groups)
         load_s = time.perf_counter() - started
+        say(groups, f"pipeline built in {load_s:.1f} s")
         with tempfile.TemporaryDirectory(prefix="duet-bench-clip-") as scratch:
             scratch = Path(scratch)
             job = channel.announce(
@@ -306,10 +316,12 @@ def main(argv: list[str] | None = None) -> None:
             job = with_render(job, steps=args.steps, text_guidance=text_guidance, use_teacache=args.teacache)
             warmup = None
             if args.warmup_steps:
+                say(groups, f"warm-up job: {args.warmup_steps} step(s)")
                 warmup = run_job(pipeline, with_render(job, steps=args.warmup_steps), channel, scratch / "warmup",
                                  args.frames)  # fmt: skip
             if groups.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(groups.device)
+            say(groups, f"timed job: {args.steps} step(s), {args.passes} passes")
             timed = run_job(pipeline, job, channel, scratch / "timed", args.frames)
             memory = channel.gather(peak_memory(groups))  # also: rank 0 keeps the queue's files until all are done
         if not groups.is_leader:
