@@ -41,7 +41,8 @@ def _check_attention(backend, *, tokens: int, heads: int, dtype: torch.dtype, de
     return relative_error(local, whole)
 
 
-def _tiny_dit_inputs(config: DiTConfig, device) -> dict:
+def tiny_dit_inputs(config: DiTConfig, device="cpu") -> dict:
+    """Seeded inputs of a DiT with the tiny config: two speakers, 3 latent frames of 8x8 (48 tokens)."""
     generator = torch.Generator(device="cpu").manual_seed(3)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -66,7 +67,7 @@ def _check_dit(groups, backend_factory=None) -> float:
     torch.manual_seed(0)  # the same random weights on every rank
     config = replace(DiTConfig.tiny(), num_heads=groups.world_size * 2, dim=groups.world_size * 32)
     dit = MultiTalkDiT(config).to(groups.device).eval()
-    inputs = _tiny_dit_inputs(config, groups.device)
+    inputs = tiny_dit_inputs(config, groups.device)
     with torch.inference_mode():
         alone = dit(**inputs)
         backend = backend_factory() if backend_factory else None

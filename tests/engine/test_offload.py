@@ -25,6 +25,7 @@ from engine.offload import (
     selfcheck,
     stream_dit,
 )
+from engine.parallel.selfcheck import tiny_dit_inputs
 from engine.parallel.sequence import SequenceParallelDiT
 from engine.presets import load_models
 from engine.stages.conditioning import encode_prompts
@@ -43,28 +44,6 @@ def tiny_dit(num_layers: int = 4) -> MultiTalkDiT:
     torch.manual_seed(0)
     config = dataclasses.replace(DiTConfig.tiny(), num_layers=num_layers)
     return MultiTalkDiT(config).eval().requires_grad_(False)
-
-
-def dit_inputs(config: DiTConfig) -> dict:
-    """Two speakers, 3 latent frames of 8x8 (48 tokens)."""
-    generator = torch.Generator().manual_seed(3)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator)
-
-    masks = torch.zeros(3, 8, 8)
-    masks[0, :, :4], masks[1, :, 4:] = 1, 1
-    masks[0, :, 0], masks[2, :, 0] = 0, 1
-    audio = config.audio
-    return {
-        "latents": rand(1, 16, 3, 8, 8),
-        "timestep": torch.tensor([500.0]),
-        "text_states": rand(1, config.text_len, config.text_dim),
-        "image_states": rand(1, config.image_tokens, config.image_dim),
-        "cond_latents": rand(1, 20, 3, 8, 8),
-        "audio": rand(2, 9, audio.window, audio.feature_layers, audio.feature_dim),
-        "region_masks": masks,
-    }
 
 
 def forward(model: nn.Module, inputs: dict) -> torch.Tensor:
@@ -91,7 +70,7 @@ def test_resident_blocks_are_those_that_fit_after_the_modules_that_always_stay()
 def test_a_streamed_dit_computes_what_the_resident_one_does(resident):
     dit = tiny_dit()
     reference = copy.deepcopy(dit)
-    inputs = dit_inputs(dit.config)
+    inputs = tiny_dit_inputs(dit.config)
     budget = params(dit) - params(dit.blocks) + resident * params(dit.blocks[0])
     streamer = stream_dit(dit, persistent_params=budget, device="cpu")
     assert list(streamer.resident) == list(range(resident))
@@ -117,7 +96,7 @@ def test_a_streamed_block_runs_on_a_device_copy_and_at_most_one_block_is_fetched
 
     for index, block in enumerate(dit.blocks):
         block.register_forward_pre_hook(record(index))
-    forward(dit, dit_inputs(dit.config))
+    forward(dit, tiny_dit_inputs(dit.config))
     # Block 0 is resident and prefetches block 1; each streamed block prefetches the next one while it runs.
     assert seen == [(0, False, [1]), (1, False, [1, 2]), (2, False, [2, 3]), (3, False, [3])]
 
@@ -174,7 +153,7 @@ def fake_cuda_streams(monkeypatch):
 def test_overlapped_copies_are_ordered_by_events_and_bounded(fake_cuda_streams):
     dit = tiny_dit(num_layers=6)
     reference = copy.deepcopy(dit)
-    inputs = dit_inputs(dit.config)
+    inputs = tiny_dit_inputs(dit.config)
     for child in dit.children():
         if child is not dit.blocks:
             child.to("cpu")
@@ -197,7 +176,7 @@ def test_overlapped_copies_are_ordered_by_events_and_bounded(fake_cuda_streams):
 def test_evicted_blocks_go_home_and_come_back_when_called():
     dit = tiny_dit()
     reference = copy.deepcopy(dit)
-    inputs = dit_inputs(dit.config)
+    inputs = tiny_dit_inputs(dit.config)
     streamer = stream_dit(dit, persistent_params=None, device="cpu", evictable=True)
     assert list(streamer.resident) == [0, 1, 2, 3]
     assert not any(streamer.is_on_device(i) for i in range(4))  # packed at home until first called
@@ -212,7 +191,7 @@ def test_evicted_blocks_go_home_and_come_back_when_called():
 
 def test_compiled_blocks_stream_without_recompiling():
     dit = tiny_dit(num_layers=2)
-    inputs = dit_inputs(dit.config)
+    inputs = tiny_dit_inputs(dit.config)
     expected = forward(copy.deepcopy(dit), inputs)
     for block in dit.blocks:  # what compile_blocks does, with a backend that compiles in seconds on a CPU
         block.compile(backend="aot_eager", dynamic=False)
@@ -230,7 +209,7 @@ def test_sequence_parallel_dit_streams_the_same_blocks():
     if dist.is_initialized():
         pytest.skip("a process group already exists in this test process")
     dit = tiny_dit(num_layers=2)
-    inputs = dit_inputs(dit.config)
+    inputs = tiny_dit_inputs(dit.config)
     expected = forward(copy.deepcopy(dit), inputs)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
@@ -302,7 +281,7 @@ def test_offload_between_stages_sends_the_dit_home_when_another_model_runs():
     streamer = stream_dit(models.dit, persistent_params=None, device="cpu", evictable=True)
     offload_between_stages(models, streamer, "cpu")
     config = models.dit.config
-    inputs = dit_inputs(config)
+    inputs = tiny_dit_inputs(config)
     forward(models.dit, inputs)
     assert all(streamer.is_on_device(i) for i in streamer.resident)
     with torch.inference_mode():
