@@ -248,10 +248,17 @@ def pip(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def stage(wheels: Iterable[Path], site: Path) -> None:
-    """Unpack wheels as pip would into a site dir: `*.data/purelib|platlib` go to the top, scripts are dropped."""
+    """Unpack wheels as pip would into a site dir: `*.data/purelib|platlib` go to the top, scripts are dropped.
+
+    zipfile drops permissions, so executable bits (bundled helper binaries) are put back from the archive.
+    """
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(site)
+            for member in archive.infolist():
+                if (member.external_attr >> 16) & 0o111 and not member.is_dir():
+                    target = site / member.filename
+                    target.chmod(target.stat().st_mode | 0o111)
     for data in site.glob("*.data"):
         for library in ("purelib", "platlib"):
             if (data / library).is_dir():

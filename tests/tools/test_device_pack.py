@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import zipfile
@@ -40,12 +41,15 @@ def fake_site(root: Path, *packages: str) -> list[str]:
 
 
 def fake_wheel(folder: Path, name: str, version: str, *requires: str, files: dict[str, bytes] | None = None) -> Path:
+    """A wheel with METADATA and `files`; a file whose name ends in "-helper" is stored executable."""
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(f"{name}-{version}.dist-info/METADATA", metadata(name, version, *requires))
         for path, data in (files or {}).items():
-            archive.writestr(path, data)
+            info = zipfile.ZipInfo(path)
+            info.external_attr = (0o755 if path.endswith("-helper") else 0o644) << 16
+            archive.writestr(info, data)
     return wheel
 
 
@@ -164,7 +168,7 @@ def test_an_entry_over_the_limit_is_named():
 
 def test_wheels_become_xz_parts_that_unpack_into_a_site_dir(tmp_path):
     wheels = [
-        fake_wheel(tmp_path / "w", "alpha", "1.0", files={"alpha/__init__.py": b"A = 1\n"}),
+        fake_wheel(tmp_path / "w", "alpha", "1.0", files={"alpha/__init__.py": b"A = 1\n", "alpha/bin/x-helper": b""}),
         fake_wheel(tmp_path / "w", "beta", "2.0", files={"beta-2.0.data/platlib/beta.py": b"B = 2\n"}),
     ]
     site, out, repo = tmp_path / "site", tmp_path / "repo" / ".devpack", tmp_path / "repo"
@@ -172,6 +176,7 @@ def test_wheels_become_xz_parts_that_unpack_into_a_site_dir(tmp_path):
     (out / "part9.tar.xz").write_bytes(b"stale")
     device_pack.stage(wheels, site)
     assert (site / "beta.py").read_text() == "B = 2\n" and not list(site.glob("*.data"))
+    assert os.access(site / "alpha/bin/x-helper", os.X_OK) and not os.access(site / "beta.py", os.X_OK)
     parts = device_pack.write_parts(site, device_pack.compressed_sizes(site, {}), out, limit=1 << 20)
     assert [part.name for part in parts] == ["part1.tar.xz"]
     unpacked = tmp_path / "device" / ".site"
