@@ -14,6 +14,7 @@ It sits outside torchrun because what it must do cannot be done from inside a gr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from storage.cli import open_services
 from storage.contract import JobState
@@ -166,9 +168,30 @@ class Supervisor:
                 if self.stopping and not requeued:
                     self._requeue()
                     requeued = True
-        logger.error("engine did not stop within %.0f s: killing it", STOP_GRACE_S)
+        logger.error("engine did not stop within %.0f s: killing it and its ranks", STOP_GRACE_S)
+        ranks = descendants(group.pid)  # before the kill: orphans are re-parented and lost from view
         os.killpg(group.pid, signal.SIGKILL)
+        for pid in ranks:  # each in a session of its own (torchrun starts them so): its group goes too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
         return group.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from Linux's /proc. torchrun starts each rank in a session of its own, so a
+    signal to torchrun's process group does not reach the ranks; killed alone, torchrun would leave them running,
+    holding their GPUs."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the name field may hold spaces
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
 
 
 _OPTIONS = ("--config", "--worker_name", "--breaker_crashes", "--breaker_jobs", "--breaker_window_s")

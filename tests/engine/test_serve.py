@@ -108,10 +108,11 @@ def wait_state(config: Path, job_id: str, states, *, timeout_s: float, log: Path
                     what=f"job {job_id[:8]} in {states}", log=log)  # fmt: skip
 
 
-def rendering(config: Path, job_id: str, *, min_step: int = 1) -> bool:
+def rendering(config: Path, job_id: str, *, min_step: int = 1, max_step: int | None = None) -> bool:
     record = job(config, job_id)
-    detail = record.progress_detail or "0/0"
-    return record.state == JobState.RUNNING and record.stage == "render" and int(detail.split("/")[0]) >= min_step
+    step = int((record.progress_detail or "0/0").split("/")[0])
+    return (record.state == JobState.RUNNING and record.stage == "render" and step >= min_step
+            and (max_step is None or step <= max_step))  # fmt: skip
 
 
 class Engine:
@@ -248,7 +249,8 @@ def test_two_ranks_serve_idle_then_render_cancel_and_sigterm(tmp_path, engines):
     assert time.monotonic() - signalled < 30
     assert record.attempts == 0 and record.shutdown_requeues == 1
     assert engine.process.wait(45) == 0
-    assert not [p for p in ranks.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(list(ranks.values()), timeout=15)  # a loaded machine lets them linger briefly
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
     # A one-rank engine picks up the requeued job and completes it; the stop did not cost it an attempt.
     single = Engine(config, tmp_path, nproc=1, name="one")
@@ -264,8 +266,8 @@ def test_killed_rank_requeues_and_a_poison_job_dies_while_others_complete(tmp_pa
     engine = Engine(config, tmp_path, name="kill", extra=("--breaker_crashes", "10"))
     engines.append(engine)
     engine.wait_ready(timeout_s=180)
-    victim = submit(config, steps=15)
-    poison = submit(config, steps=15, seed=8)
+    victim = submit(config, steps=20)
+    poison = submit(config, steps=20, seed=8)
 
     killed_attempts: dict[str, set[int]] = {victim: set(), poison: set()}
 
@@ -274,7 +276,9 @@ def test_killed_rank_requeues_and_a_poison_job_dies_while_others_complete(tmp_pa
         for job_id, attempts in killed_attempts.items():
             record = job(config, job_id)
             wanted = job_id == poison or not attempts
-            if wanted and record.attempts not in attempts and rendering(config, job_id):
+            # Well before the last step: on a loaded machine the recorded step lags, and a kill after the ranks'
+            # final exchange would no longer fail the attempt.
+            if wanted and record.attempts not in attempts and rendering(config, job_id, max_step=12):
                 rank_one = engine.ranks().get(1)
                 if rank_one is not None:
                     rank_one.kill()

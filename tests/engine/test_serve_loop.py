@@ -325,3 +325,44 @@ def _inputs(prepared):
     ref = {"size_bytes": 1, "sha256": "0" * 64}
     return Inputs(photo_a=MediaRef(role="photo_a", **ref), photo_b=MediaRef(role="photo_b", **ref),
                   dialogue=tuple(Line(speaker=line.speaker, text=line.text) for line in prepared.dialogue.lines))
+
+
+STUBBORN_GROUP = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+rank = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                         "time.sleep(600)"], start_new_session=True)  # as torchrun starts its ranks
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {rank.pid}")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_a_group_that_ignores_sigterm_is_killed_with_its_ranks_after_the_grace(config, tmp_path, monkeypatch):
+    """torchrun starts each rank in a session of its own: killing torchrun's process group alone would orphan them."""
+    from engine import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 1.0)
+    settings = load_settings(config)
+    query(config, lambda s: s.queue.paused())  # create the database
+    pids_file = tmp_path / "pids"
+    supervisor = Supervisor(settings, [sys.executable, "-c", STUBBORN_GROUP, str(pids_file)], "stubborn",
+                            CrashBreaker())  # fmt: skip
+    exit_codes = []
+    runner = threading.Thread(target=lambda: exit_codes.append(supervisor.run()))
+    runner.start()
+    wait_until(pids_file.exists, timeout_s=30)
+    group_pid, rank_pid = map(int, pids_file.read_text().split())
+    assert supervisor_module.descendants(group_pid) == [rank_pid]
+    supervisor.stop(signal.SIGTERM)
+    runner.join(30)
+    assert exit_codes == [0]
+    wait_until(lambda: _gone(group_pid) and _gone(rank_pid), timeout_s=10)
