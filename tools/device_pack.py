@@ -280,14 +280,18 @@ def compress(site: Path, entries: list[str], target: Path) -> int:
     return target.stat().st_size
 
 
-def pack_bins(sizes: dict[str, int], limit: int) -> list[list[str]]:
-    """First-fit decreasing: largest entries first, each into the first part with room for it."""
+def pack_bins(sizes: dict[str, int], limit: int, headroom: int = 0) -> list[list[str]]:
+    """First-fit decreasing: largest entries first, each into the first part with room for it.
+
+    An entry alone may take the whole limit; entries together leave `headroom` free, because xz -T0 cuts blocks
+    wherever they fall and a part can come out a little larger than its entries compressed alone.
+    """
     if oversized := [name for name, size in sizes.items() if size > limit]:
         raise PackError(f"larger than the {limit / MIB:.0f} MiB limit even alone: {', '.join(sorted(oversized))}")
     bins: list[tuple[int, list[str]]] = []
     for name in sorted(sizes, key=lambda name: (-sizes[name], name)):
         for index, (used, names) in enumerate(bins):
-            if used + sizes[name] <= limit:
+            if used + sizes[name] <= limit - headroom:
                 bins[index] = (used + sizes[name], [*names, name])
                 break
         else:
@@ -318,7 +322,7 @@ def write_parts(site: Path, sizes: dict[str, int], out: Path, limit: int) -> lis
     for stale in out.glob("part*.tar.xz"):
         stale.unlink()
     parts = []
-    for number, entries in enumerate(pack_bins(sizes, limit), start=1):
+    for number, entries in enumerate(pack_bins(sizes, limit, headroom=limit // 100), start=1):
         part = out / f"part{number}.tar.xz"
         if compress(site, entries, part) > limit:
             raise PackError(f"{part.name} came out larger than {limit / MIB:.0f} MiB; lower --limit-mb")

@@ -161,6 +161,12 @@ def test_bins_respect_the_limit_largest_first():
     assert bins == [["spacy", "regex"], ["thinc", "jieba", "six.py"], ["misaki"]]
 
 
+def test_entries_together_leave_headroom_but_one_alone_may_fill_the_part():
+    sizes = {"spacy": 60, "thinc": 30, "jieba": 25, "regex": 4}
+    assert device_pack.pack_bins(sizes, 60, headroom=2) == [["spacy"], ["thinc", "jieba"], ["regex"]]
+    assert device_pack.pack_bins(sizes, 60) == [["spacy"], ["thinc", "jieba", "regex"]]
+
+
 def test_an_entry_over_the_limit_is_named():
     with pytest.raises(device_pack.PackError, match="cv2"):
         device_pack.pack_bins({"cv2": 61, "six.py": 1}, 60)
