@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU-performance issue's whole-clip runs on a 4-GPU machine (after the install calls of tools/device_pack.py),
+# results under $OUT. Phase "one": three single-GPU jobs side by side (GPU 0: 960x960 resident; GPU 1: the same with
+# the low-memory options; GPUs 2-3: the tiny service over NCCL). Phase "four": the 4-step distilled mode end to end
+# on all four GPUs, FP8 and bf16.
+#   bash tools/device/clip_benchmarks.sh one|four
+set -uo pipefail
+export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.csv"
+clip() {  # name, time limit, then bench_clip options
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" --preset full-random --size 960 --attention cudnn --out "$OUT/$name.json" \
+    --markdown "$OUT/rows.$name.md" --note "$name" > "$OUT/$name.txt" 2>&1
+  echo "$name rc=$?" | tee -a "$OUT/rc.txt"
+}
+case "${1:-}" in
+  one)
+    (CUDA_VISIBLE_DEVICES=2,3 bash tools/device/tiny_service.sh > "$OUT/tiny_service.txt" 2>&1) &
+    CUDA_VISIBLE_DEVICES=0 clip resident_960 540 python3 -m engine.bench_clip --steps 2 --warmup-steps 0 &
+    CUDA_VISIBLE_DEVICES=1 clip lowmem_960 540 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 \
+      --num_persistent_param_in_dit 0 --offload_model &
+    wait ;;
+  four)
+    clip four_gpus_4step_fp8 280 torchrun --standalone --nproc_per_node=4 -m engine.bench_clip --steps 4 --passes 2 \
+      --warmup-steps 1 --compile --fp8
+    clip four_gpus_4step_bf16 280 torchrun --standalone --nproc_per_node=4 -m engine.bench_clip --steps 4 --passes 2 \
+      --warmup-steps 1 --compile ;;
+  *) echo "usage: $0 one|four" >&2; exit 2 ;;
+esac
+tail -n 3 "$OUT"/*.txt
