@@ -9,7 +9,6 @@ Importing this module imports neither torch nor the chat libraries: `duet queue`
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from storage import admin
-from storage.cli import open_services
+from storage.cli import run_action
 from storage.contract import TERMINAL_STATES, JobState, Requester
 from storage.queue import JobRecord
 from storage.settings import ENGINE_PRESETS, Settings
@@ -39,17 +38,6 @@ STAGE_NAMES = {"tts": "speech", "audio": "audio features", "encode": "encoding",
                "decode": "decoding", "mux": "writing the MP4"}  # fmt: skip
 
 console = Console(stderr=True)
-
-
-def _run(settings: Settings, action):
-    async def main():
-        services = await open_services(settings)
-        try:
-            return await action(services)
-        finally:
-            await services.queue.db.dispose()
-
-    return asyncio.run(main())
 
 
 def _config_path(ctx: click.Context) -> str | None:
@@ -71,12 +59,12 @@ def submit_files(settings: Settings, *, photo_a: bytes, photo_b: bytes, script: 
         prepared = prepare(draft, settings)
     except InputError as exc:
         raise click.ClickException(exc.message("en")) from None
-    return _run(settings, lambda s: enqueue(prepared, s.queue, s.media)).job_id
+    return run_action(settings, lambda s: enqueue(prepared, s.queue, s.media)).job_id
 
 
 def engine_is_serving(settings: Settings) -> bool:
     """Whether an engine serves the queue (one that another `duet render` started serves only its own job)."""
-    workers = _run(settings, lambda s: admin.list_workers(s.queue))
+    workers = run_action(settings, lambda s: admin.list_workers(s.queue))
     return any(w["state"] in ("idle", "busy") and not w["id"].startswith(ONE_JOB_WORKER_PREFIX) for w in workers)
 
 
@@ -103,7 +91,7 @@ def follow_job(settings: Settings, job_id: str, engine: subprocess.Popen | None,
         bar = progress.add_task("queued", total=1.0, detail="")
         try:
             while True:
-                record = _run(settings, lambda s: s.queue.get(job_id))
+                record = run_action(settings, lambda s: s.queue.get(job_id))
                 if JobState(record.state) in TERMINAL_STATES:
                     return record
                 if record.state == JobState.RUNNING and record.stage:
@@ -117,7 +105,7 @@ def follow_job(settings: Settings, job_id: str, engine: subprocess.Popen | None,
                     )
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
-            _run(settings, lambda s: s.queue.cancel(job_id, actor="cli", is_admin=True))
+            run_action(settings, lambda s: s.queue.cancel(job_id, actor="cli", is_admin=True))
             raise click.ClickException(f"Cancelled job {job_id}.") from None
 
 

@@ -23,7 +23,6 @@ docs/benchmarks.md (created at the end of the file if missing), with date, commi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import sys
@@ -106,7 +105,7 @@ def queue_sample_job(settings: Settings, work_dir: Path, *, size: int, frames: i
     """The sample job, checked, composed and queued like `duet demo` does, in a throwaway queue under `work_dir`."""
     from bot.core.submit import Draft, enqueue, prepare
     from bot.render import SAMPLES
-    from storage.cli import open_services
+    from storage.cli import run_action
 
     storage = settings.storage.model_copy(
         update={"database_url": f"sqlite+aiosqlite:///{work_dir / 'queue.db'}", "media_dir": work_dir / "media"}
@@ -120,17 +119,13 @@ def queue_sample_job(settings: Settings, work_dir: Path, *, size: int, frames: i
     )  # fmt: skip
     prepared = prepare(draft, settings)
 
-    async def submit() -> Assignment:
-        services = await open_services(settings)
-        try:
-            submitted = await enqueue(prepared, services.queue, services.media)
-            record = await services.queue.get(submitted.job_id)
-            frame = services.media.path(submitted.job_id, "frame")
-            return Assignment(submitted.job_id, record.spec.model_dump_json(), str(frame))
-        finally:
-            await services.queue.db.dispose()
+    async def submit(services) -> Assignment:
+        submitted = await enqueue(prepared, services.queue, services.media)
+        record = await services.queue.get(submitted.job_id)
+        frame = services.media.path(submitted.job_id, "frame")
+        return Assignment(submitted.job_id, record.spec.model_dump_json(), str(frame))
 
-    return asyncio.run(submit())
+    return run_action(settings, submit)
 
 
 def with_render(assignment: Assignment, **render) -> Assignment:

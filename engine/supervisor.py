@@ -13,7 +13,6 @@ It sits outside torchrun because what it must do cannot be done from inside a gr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -27,9 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.cli import open_services
+from storage.cli import run_action
 from storage.contract import JobState
 from storage.errors import LeaseLost
+from storage.queue import JobQueue
 from storage.settings import Settings, load_settings
 
 logger = logging.getLogger("engine.supervisor")
@@ -69,40 +69,21 @@ class CrashBreaker:
         return f"{len(self.crashes)} engine crashes within {self.window_s:.0f} s on jobs {', '.join(jobs)}"
 
 
-async def running_jobs(settings: Settings, worker_name: str) -> list[tuple[str, str]]:
+async def running_jobs(queue: JobQueue, worker_name: str) -> list[tuple[str, str]]:
     """(job id, lease token) of the jobs this worker holds, as the database sees them."""
-    services = await open_services(settings)
-    try:
-        jobs = await services.queue.list_jobs(states=[JobState.RUNNING.value], limit=1000)
-    finally:
-        await services.queue.db.dispose()
+    jobs = await queue.list_jobs(states=[JobState.RUNNING.value], limit=1000)
     return [(job.id, job.lease_token) for job in jobs if job.lease_owner == worker_name and job.lease_token]
 
 
-async def requeue_running(settings: Settings, worker_name: str) -> list[str]:
-    services = await open_services(settings)
+async def requeue_running(queue: JobQueue, worker_name: str) -> list[str]:
     requeued = []
-    try:
-        jobs = await services.queue.list_jobs(states=[JobState.RUNNING.value], limit=1000)
-        for job in jobs:
-            if job.lease_owner != worker_name or not job.lease_token:
-                continue
-            try:
-                await services.queue.requeue(job.id, job.lease_token, reason="engine stopped")
-                requeued.append(job.id)
-            except LeaseLost:
-                pass  # finished in the meantime
-    finally:
-        await services.queue.db.dispose()
+    for job_id, token in await running_jobs(queue, worker_name):
+        try:
+            await queue.requeue(job_id, token, reason="engine stopped")
+            requeued.append(job_id)
+        except LeaseLost:
+            pass  # finished in the meantime
     return requeued
-
-
-async def pause_claims(settings: Settings, reason: str) -> None:
-    services = await open_services(settings)
-    try:
-        await services.queue.set_paused(claims=True, reason=reason)
-    finally:
-        await services.queue.db.dispose()
 
 
 class Supervisor:
@@ -128,7 +109,7 @@ class Supervisor:
             os.killpg(self.group.pid, signal.SIGTERM)
 
     def _requeue(self) -> None:
-        requeued = asyncio.run(requeue_running(self.settings, self.worker_name))
+        requeued = run_action(self.settings, lambda s: requeue_running(s.queue, self.worker_name))
         if requeued:
             logger.info("requeued %s", ", ".join(requeued))
 
@@ -144,13 +125,13 @@ class Supervisor:
                 return 0
             if code == 0:
                 return 0
-            jobs = asyncio.run(running_jobs(self.settings, self.worker_name))
+            jobs = run_action(self.settings, lambda s: running_jobs(s.queue, self.worker_name))
             job_id = jobs[0][0] if jobs else None
             logger.error("engine group exited with %d (job %s); restarting in %.0f s", code, job_id, pause_s)
             if self.breaker.record(job_id):
                 reason = f"crash breaker: {self.breaker.describe()}; check the GPUs, then `duet queue resume`"
                 logger.error(reason)
-                asyncio.run(pause_claims(self.settings, reason))
+                run_action(self.settings, lambda s: s.queue.set_paused(claims=True, reason=reason))
             pause_s = 1.0 if time.monotonic() - started > HEALTHY_RUN_S else min(pause_s * 2, MAX_RESTART_PAUSE_S)
             deadline = time.monotonic() + pause_s
             while time.monotonic() < deadline and not self.stopping:

@@ -52,18 +52,24 @@ async def open_services(settings: Settings) -> Services:
     return Services(settings, queue, media)
 
 
-def run_with_services(ctx: click.Context, action: Callable[[Services], Awaitable[T]]) -> T:
-    """Run one async action against the configured database; DuetErrors become exit code 1."""
+def run_action(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
+    """Run one async action against `settings`' database in an event loop of its own, for synchronous callers
+    (command lines, the engine's supervisor, tests); the connections are closed before it returns."""
 
     async def main() -> T:
-        services = await open_services(ctx.obj["settings"])
+        services = await open_services(settings)
         try:
             return await action(services)
         finally:
             await services.queue.db.dispose()
 
+    return asyncio.run(main())
+
+
+def run_with_services(ctx: click.Context, action: Callable[[Services], Awaitable[T]]) -> T:
+    """Run one async action against the configured database; DuetErrors become exit code 1."""
     try:
-        return asyncio.run(main())
+        return run_action(ctx.obj["settings"], action)
     except DuetError as exc:
         fail(exc.user_message)
 

@@ -7,7 +7,6 @@ Timings are test-lowered through a bot_config.toml per test (3 s leases, 0.5 s h
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ import pytest
 
 from bot.core.submit import Draft, enqueue, prepare
 from storage import admin
-from storage.cli import open_services
+from storage.cli import run_action
 from storage.contract import JobState, Requester
 from storage.queue import JobRecord
 from storage.settings import load_settings
@@ -63,15 +62,7 @@ worker_name = "test-engine"
 
 def query(config: Path, action):
     """Run `action(services)` against the test's database, in a fresh event loop."""
-
-    async def main():
-        services = await open_services(load_settings(config))
-        try:
-            return await action(services)
-        finally:
-            await services.queue.db.dispose()
-
-    return asyncio.run(main())
+    return run_action(load_settings(config), action)
 
 
 def submit(config: Path, *, steps: int = 3, seed: int = 7, priority: int = 0) -> str:

@@ -7,7 +7,6 @@ and the crash breaker's arithmetic.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 import threading
@@ -27,7 +26,7 @@ from engine.sampling import RenderCancelled
 from engine.serve import RankOutcome, group_is_sound
 from engine.supervisor import CrashBreaker, Supervisor
 from storage import admin
-from storage.cli import open_services
+from storage.cli import run_action
 from storage.contract import Requester
 from storage.errors import DuetError
 from storage.settings import load_settings
@@ -77,14 +76,7 @@ max_active_per_user = 20
 
 
 def query(config: Path, action):
-    async def main():
-        services = await open_services(load_settings(config))
-        try:
-            return await action(services)
-        finally:
-            await services.queue.db.dispose()
-
-    return asyncio.run(main())
+    return run_action(load_settings(config), action)
 
 
 @pytest.fixture(scope="module")
