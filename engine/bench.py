@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -234,22 +235,41 @@ def _commit() -> str:
         return "unknown"
 
 
+def insert_table_rows(path: Path, rows: Sequence[str], *, header: str, title: str, intro: str) -> None:
+    """Put `rows` right after the last row of the table whose first header line is `header`'s, wherever it is in
+    the file (docs/benchmarks.md holds several tables, with text between them); a missing table starts at the end
+    of the file (or a new file), under `title` and `intro`. Each benchmark writes its own table through this."""
+    header_lines = header.strip("\n").splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else ["# Engine benchmarks"]
+    if header_lines[0] not in lines:
+        while lines and not lines[-1]:
+            lines.pop()
+        lines += ["", title, "", intro, "", *header_lines]
+    end = lines.index(header_lines[0]) + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end:end] = rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+STEP_TABLE_HEADER = (
+    "| date | commit | GPU | GPUs | size | frames | passes | attention | s/step | TFLOP/s | MFU | peak GiB | note |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
 def append_markdown(path: Path, results: list[StepResult], *, gpus: int, note: str) -> None:
-    header = (
-        "| date | commit | GPU | GPUs | size | frames | passes | attention | s/step | TFLOP/s | MFU | peak GiB | note |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Engine benchmarks\n\nRows appended by `python -m engine.bench`.\n\n" + header)
     today, commit, gpu = dt.date.today().isoformat(), _commit(), gpu_name()
-    with path.open("a") as handle:
-        for r in results:
-            mfu = f"{r.mfu:.0%}" if r.mfu is not None else "-"
-            handle.write(
-                f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention}{' +compile' if r.compiled else ''} "
-                f"| {r.step_s_median:.2f} | {r.achieved_tflops:.0f} | {mfu} | {r.peak_memory_gib:.1f} | {note} |\n"
-            )
+    rows = []
+    for r in results:
+        mfu = f"{r.mfu:.0%}" if r.mfu is not None else "-"
+        rows.append(
+            f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention}{' +compile' if r.compiled else ''} "
+            f"| {r.step_s_median:.2f} | {r.achieved_tflops:.0f} | {mfu} | {r.peak_memory_gib:.1f} | {note} |"
+        )
+    insert_table_rows(path, rows, header=STEP_TABLE_HEADER, title="## Seconds per step (`python -m engine.bench`)",
+                      intro="Rows appended by `python -m engine.bench`.")  # fmt: skip
 
 
 def main() -> None:

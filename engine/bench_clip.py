@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from engine.acceleration import is_compiled
-from engine.bench import _commit, gpu_name
+from engine.bench import _commit, gpu_name, insert_table_rows
 from engine.parallel.control import ControlChannel
 from engine.parallel.groups import ParallelConfig, ProcessGroups, destroy_groups, init_groups
 from engine.serve import Assignment, ServeOptions, StepGate, build_pipeline, make_request
@@ -223,26 +223,12 @@ def markdown_row(report: dict, note: str) -> str:
         seconds(report["step_s"]), f"{report['dit_share']:.1%}",
         f"{peak['allocated_gib']:.1f} / {peak['reserved_gib']:.1f}", note,
     ]  # fmt: skip
-    return "| " + " | ".join(str(cell) for cell in cells) + " |\n"
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
 
 def append_markdown(path: Path, report: dict, note: str) -> None:
     """Add the row under the last row of the whole-clip table, or start the table at the end of the file."""
-    row = markdown_row(report, note)
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Engine benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    if TABLE_TITLE + "\n" not in lines:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = f"\n\n{TABLE_TITLE}\n\n{TABLE_INTRO}\n\n{TABLE_HEADER}{row}"
-        path.write_text(text.rstrip("\n") + table, encoding="utf-8")
-        return
-    at = lines.index(TABLE_TITLE + "\n") + 1
-    while at < len(lines) and not lines[at].startswith("|"):  # the intro
-        at += 1
-    while at < len(lines) and lines[at].startswith("|"):
-        at += 1
-    lines.insert(at, row)
-    path.write_text("".join(lines), encoding="utf-8")
+    insert_table_rows(path, [markdown_row(report, note)], header=TABLE_HEADER, title=TABLE_TITLE, intro=TABLE_INTRO)
 
 
 # ---- main ---------------------------------------------------------------------------------------------------

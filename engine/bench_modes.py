@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from engine.acceleration import compile_blocks, is_compiled
-from engine.bench import _commit, _inputs, _max_over_ranks, build_model, gpu_name
+from engine.bench import _commit, _inputs, _max_over_ranks, build_model, gpu_name, insert_table_rows
 from engine.cache import TeaCache
 from engine.guidance import Guidance, GuidanceConfig, branch_conditions
 from engine.models.attention import attention_backends
@@ -257,16 +257,7 @@ def append_markdown(
         f"| {r.peak_memory_gib:.1f} | {r.relative_error:.2e} | {note} |"
         for r in results
     ]
-    lines = path.read_text().splitlines() if path.exists() else ["# Engine benchmarks"]
-    header = MARKDOWN_HEADER.splitlines()[0]
-    if header not in lines:
-        lines += ["", MARKDOWN_SECTION, "", MARKDOWN_INTRO, "", *MARKDOWN_HEADER.splitlines()]
-    end = lines.index(header) + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines[end:end] = rows
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    insert_table_rows(path, rows, header=MARKDOWN_HEADER, title=MARKDOWN_SECTION, intro=MARKDOWN_INTRO)
 
 
 def main() -> None:
