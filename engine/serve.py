@@ -65,6 +65,19 @@ class ServeOptions:
     fp8: bool = False  # FP8 matrix multiplies in the DiT's blocks (engine.quantize)
     vae_tiling: bool = False  # decode in overlapping spatial tiles (less memory; seams, see engine/offload.py)
 
+    def check_combinations(self) -> None:
+        """Refuse options that do not work together; `build_pipeline` checks, so every way in (the command line,
+        the benchmarks) gets the same refusal."""
+        low_memory = self.offload_model or self.persistent_dit_params is not None
+        if self.parallel.t5_fsdp and (self.t5_cpu or self.offload_model):
+            raise ValueError("--t5_fsdp shards T5 over the GPUs; --t5_cpu/--offload_model keep it on the CPU: pick one")
+        if self.parallel.dit_fsdp and (low_memory or self.fp8):
+            raise ValueError("--dit_fsdp shards the DiT's blocks; it does not combine with "
+                             "--num_persistent_param_in_dit, --offload_model or --fp8")  # fmt: skip
+        if self.fp8 and low_memory:
+            raise ValueError("--fp8 halves the DiT instead of streaming it: it does not combine with "
+                             "--num_persistent_param_in_dit or --offload_model")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -95,6 +108,7 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
     from engine.presets import Placement, get_preset
     from engine.stages.render import DiTVelocity
 
+    options.check_combinations()
     preset = get_preset(options.preset or settings.engine.preset)
     if options.frame_num is not None:
         preset = replace(preset, frame_num=options.frame_num)
@@ -426,15 +440,6 @@ def main(config_path, preset, weights_dir, once, job_id, ulysses_size, ring_size
         sys.exit(check_weights(settings, preset, weights_dir))
     if frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
         raise click.BadParameter("must be 4n+1 and at least 5", param_hint="--frame_num")
-    low_memory = offload_model or persistent_dit_params is not None
-    if t5_fsdp and (t5_cpu or offload_model):
-        raise click.UsageError("--t5_fsdp shards T5 over the GPUs; --t5_cpu/--offload_model keep it on the CPU: pick one")
-    if dit_fsdp and (low_memory or fp8):
-        raise click.UsageError("--dit_fsdp shards the DiT's blocks; it does not combine with "
-                               "--num_persistent_param_in_dit, --offload_model or --fp8")  # fmt: skip
-    if fp8 and low_memory:
-        raise click.UsageError("--fp8 halves the DiT instead of streaming it: it does not combine with "
-                               "--num_persistent_param_in_dit or --offload_model")  # fmt: skip
     if ring_size != 1 and sp_backend != "xfuser":
         raise click.UsageError("--ring_size > 1 needs --sp_backend xfuser (the built-in backend is Ulysses only)")
     options = ServeOptions(
@@ -445,6 +450,10 @@ def main(config_path, preset, weights_dir, once, job_id, ulysses_size, ring_size
         worker_name=worker_name, job_id=job_id, attention=attention, compile=compile_dit,
         persistent_dit_params=persistent_dit_params, t5_cpu=t5_cpu, fp8=fp8, vae_tiling=vae_tiling,
     )  # fmt: skip
+    try:
+        options.check_combinations()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     sys.exit(serve(options))
 
 
