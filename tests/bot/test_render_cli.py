@@ -3,7 +3,6 @@ clear refusals (missing weights, a bad script) before anything heavy starts."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 
 from bot.cli import main
 from storage import admin
-from storage.cli import open_services
+from storage.cli import run_action
 from storage.contract import Inputs, JobSpec, Line, MediaRef, Requester
 from storage.settings import load_settings
 
@@ -57,35 +56,29 @@ def test_run_engine_refuses_missing_weights_and_names_the_files(tmp_path):
     assert str(tmp_path / "weights" / "Kokoro-82M" / "kokoro-v1_0.pth") in run.stderr
 
 
-def test_render_refuses_a_bad_script_like_the_chat_does(tmp_path):
+def invoke_render(tmp_path: Path, script_text: str, preset: str):
+    """`duet render` in-process on the sample photos, with a config whose weights folder is empty."""
     config = write_config(tmp_path, tmp_path / "weights")
     script = tmp_path / "script.txt"
-    script.write_text("just one line without speakers")
-    result = CliRunner().invoke(main, ["--config", str(config), "render", *photos(), "--script", str(script),
-                                       "--preset", "tiny"])  # fmt: skip
+    script.write_text(script_text)
+    return CliRunner().invoke(main, ["--config", str(config), "render", *photos(), "--script", str(script),
+                                     "--preset", preset])  # fmt: skip
+
+
+def test_render_refuses_a_bad_script_like_the_chat_does(tmp_path):
+    result = invoke_render(tmp_path, "just one line without speakers", "tiny")
     assert result.exit_code == 1
     assert "Error" in result.output and "Traceback" not in result.output
 
 
 def test_render_with_full_weights_missing_names_them_instead_of_starting(tmp_path):
-    config = write_config(tmp_path, tmp_path / "weights")
-    script = tmp_path / "script.txt"
-    script.write_text("A: Hello there.\nB: Hi!")
-    result = CliRunner().invoke(main, ["--config", str(config), "render", *photos(), "--script", str(script),
-                                       "--preset", "full"])  # fmt: skip
+    result = invoke_render(tmp_path, "A: Hello there.\nB: Hi!", "full")
     assert result.exit_code == 1
     assert "missing weight files" in result.output and "multitalk.safetensors" in result.output
 
 
 def queue_call(config: Path, action):
-    async def run():
-        services = await open_services(load_settings(str(config)))
-        try:
-            return await action(services.queue)
-        finally:
-            await services.queue.db.dispose()
-
-    return asyncio.run(run())
+    return run_action(load_settings(str(config)), lambda services: action(services.queue))
 
 
 def someone_elses_job() -> JobSpec:
