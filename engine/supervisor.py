@@ -142,20 +142,29 @@ class Supervisor:
     def _wait(self, group: subprocess.Popen) -> int:
         """The group's exit code; once stopping, requeue at once and SIGKILL whatever is left after the grace."""
         requeued = False
+        ranks: list[int] = []  # taken when stopping starts: once torchrun is gone, orphans are lost from view
         while self.stopping_since is None or time.monotonic() - self.stopping_since < STOP_GRACE_S:
             try:
-                return group.wait(timeout=0.2)
+                code = group.wait(timeout=0.2)
+                kill_process_groups(ranks)  # a rank that outlived torchrun on the way down
+                return code
             except subprocess.TimeoutExpired:
                 if self.stopping and not requeued:
+                    ranks = descendants(group.pid)
                     self._requeue()
                     requeued = True
         logger.error("engine did not stop within %.0f s: killing it and its ranks", STOP_GRACE_S)
-        ranks = descendants(group.pid)  # before the kill: orphans are re-parented and lost from view
+        ranks = ranks or descendants(group.pid)
         os.killpg(group.pid, signal.SIGKILL)
-        for pid in ranks:  # each in a session of its own (torchrun starts them so): its group goes too
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        kill_process_groups(ranks)
         return group.wait()
+
+
+def kill_process_groups(pids: list[int]) -> None:
+    """SIGKILL each process's group: torchrun starts every rank in a session of its own."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 def descendants(pid: int) -> list[int]:
