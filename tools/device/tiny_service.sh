@@ -5,7 +5,7 @@ set -uo pipefail
 export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3
 export DUET_CONFIG=$PWD/bot_config.toml
 mkdir -p var "$OUT"
-duet() { python3 -m bot.cli "$@"; }
+duet() { python3 -m bot "$@"; }
 nvidia-smi -L
 S=bot/samples
 echo "== 1. duet render --gpus 2 --preset tiny (torchrun, NCCL)"
@@ -20,7 +20,7 @@ SECONDS=0
 ./run_engine.sh --gpus 2 --preset tiny --worker_name nccl-engine > "$OUT/engine.log" 2>&1 &
 engine=$!
 done_jobs=0
-while [ $SECONDS -lt 100 ]; do
+while [ $SECONDS -lt 240 ]; do
   done_jobs=0
   for id in "${ids[@]}"; do duet queue show "$id" --json 2>/dev/null | grep -q '"state": "succeeded"' && done_jobs=$((done_jobs+1)); done
   [ $done_jobs = ${#ids[@]} ] && break; sleep 2
