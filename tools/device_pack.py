@@ -1,8 +1,8 @@
 """Pack Duet's Python dependencies for the GPU machine, which has no network and takes files only as carries.
 
 The machine runs CPython 3.12 on Linux x86_64 with PyTorch and a fixed set of libraries (`DEVICE_PACKAGES`);
-everything else Duet imports must arrive as xz tarballs of at most ~60 MiB each (one per call) and be unpacked
-into `.site/`, which stays on the machine while it is warm. The versions packed are the ones installed in this
+everything else Duet imports must arrive as xz tarballs, each fitting beside the working tree in one 64 MiB carry,
+and be unpacked into `.site/`, which stays on the machine while it is warm. The versions packed are the ones installed in this
 venv, so what runs here is what runs there; only `--also` requirements that are not installed here come from the
 package index. Before anything is packed, every requirement of every packed distribution is checked, because a
 wrong pin (thinc 9 under spaCy 3.8) or a missing indirect dependency only shows up on the device otherwise.
@@ -70,6 +70,8 @@ PIP_DOWNLOAD = [
     *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
 ]  # fmt: skip
 MIB = 1 << 20
+CARRY_LIMIT = 64 * MIB  # what one device call may carry: the working tree and its carries together
+CARRY_MARGIN = 2 * MIB  # room for files added to the tree between packing and the install calls
 MEASURE_ABOVE = MIB  # smaller entries count at their uncompressed size, an upper bound not worth measuring
 
 
@@ -363,12 +365,21 @@ def install_text(parts: list[Path], repo: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def carry_room() -> int:
+    """Bytes one part may take: a call carries the tracked tree too, and both together must stay under 64 MiB."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    tree = sum((REPO / name).stat().st_size for name in listed.decode().split("\0") if name and (REPO / name).is_file())
+    return CARRY_LIMIT - tree - CARRY_MARGIN
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--extras", default="engine,bots", help="extras of duet to pack (comma-separated)")
     parser.add_argument("--also", action="extend", nargs="+", default=[], help="more requirements, e.g. xfuser==0.4.5")
     parser.add_argument("--out", type=Path, default=REPO / ".devpack", help="folder for the parts and install.txt")
-    parser.add_argument("--limit-mb", type=float, default=60, help="largest part, in MiB")
+    parser.add_argument(
+        "--limit-mb", type=float, default=None, help="largest part, in MiB (default: what a carry leaves beside the tree)"
+    )
     parser.add_argument("--cache", type=Path, default=Path("/work/scratch/device-wheels"), help="wheel cache")
     parser.add_argument(
         "--device-packages", default=",".join(DEVICE_PACKAGES), help="what the device has (comma-separated)"
@@ -394,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(problems)} problem(s), nothing packed:", *problems, sep="\n  ", file=sys.stderr)
             return 1
         packed = [node.dist for name, node in nodes.items() if name != ROOT_NAME]
-        parts = pack(packed, cache, args.out, int(args.limit_mb * MIB))
+        limit = int(args.limit_mb * MIB) if args.limit_mb else carry_room()
+        parts = pack(packed, cache, args.out, limit)
     except PackError as error:
         print(error, file=sys.stderr)
         return 1
