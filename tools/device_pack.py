@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT_NAME = canonicalize_name("duet")
 
 # What the GPU machine's Python already has. Neither packed nor followed: their own dependencies are its business.
+# Its OpenCV is 5.x, which has no Haar cascades, so Duet's opencv-python-headless 4.x is packed and shadows it.
 DEVICE_PACKAGES = (
-    "torch", "triton", "transformers", "accelerate", "einops", "opencv-python", "opencv-python-headless",
+    "torch", "triton", "transformers", "accelerate", "einops", "opencv-python",
     "numpy", "pillow", "safetensors", "huggingface-hub", "tokenizers", "requests", "tqdm", "pyyaml", "regex",
     "packaging", "filelock", "fsspec", "jinja2", "sympy", "networkx", "psutil",
 )  # fmt: skip
