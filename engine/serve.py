@@ -322,8 +322,8 @@ def serve(options: ServeOptions) -> int:
         started = time.perf_counter()
         pipeline = build_pipeline(options, settings, groups)
         load_s = time.perf_counter() - started
-        logger.info("models loaded in %.1f s (preset %s, %d rank(s), device %s)", load_s,
-                    pipeline.models.preset.name, groups.world_size, groups.device)  # fmt: skip
+        logger.info("models loaded in %.1f s (preset %s, %d rank(s), device %s, backend %s)", load_s,
+                    pipeline.models.preset.name, groups.world_size, groups.device, groups.backend)  # fmt: skip
         channel = ControlChannel(groups)
         if not groups.is_leader:
             # torchrun signals every rank; only rank 0 acts, the others leave when it announces the stop.
