@@ -16,8 +16,9 @@ A warm-up job of `--warmup-steps` steps runs first (torch.compile, cuDNN's plans
 timed job shows the steady state; its timings are reported too (cold T5 and CLIP). Reported: seconds per stage (tts,
 audio = wav2vec2, encode, render = the DiT's denoising, decode, mux) with the named parts of tts (g2p, kokoro) and
 encode (frame, t5, clip, vae_encode), the wall time, the DiT's share of it, seconds per step, and every rank's peak
-GPU memory over the timed job, models included. `--markdown` appends a row to the whole-clip table of
-docs/benchmarks.md (created at the end of the file if missing), with date, commit, GPU model and rank count.
+GPU memory over the timed job, models included, with rank 0's by stage (where the peak comes from). `--markdown`
+appends a row to the whole-clip table of docs/benchmarks.md (created at the end of the file if missing), with
+date, commit, GPU model and rank count.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -75,6 +78,7 @@ class JobTimings:
     stages: dict[str, float]
     parts: dict[str, dict[str, float]]  # stage -> part -> seconds
     speech_s: float  # the speech TTS made, before it was fitted to the clip
+    stage_memory: dict[str, dict[str, float]]  # stage -> this rank's peak GiB allocated / reserved (GPU only)
 
     @property
     def render_s(self) -> float:
@@ -159,8 +163,8 @@ def run_job(pipeline, assignment: Assignment, channel: ControlChannel, work_dir:
     """One job on this rank as `engine.serve` renders it (`render` = speech, then `render_speech`), the speech
     fitted to `frames` in between."""
     request = make_request(assignment, work_dir, rank=channel.rank)
-    on_gpu = torch.device(pipeline.models.placement.device).type == "cuda"
-    clock = StageClock(sync=torch.cuda.synchronize if on_gpu else None)  # as the pipeline's own clock
+    device = torch.device(pipeline.models.placement.device)
+    clock = MemoryClock(device) if device.type == "cuda" else StageClock()  # syncs as the pipeline's own clock
     started = time.perf_counter()
     with clock.measure(Stage.TTS):
         speech = pipeline.speak(request.spec)
@@ -174,21 +178,37 @@ def run_job(pipeline, assignment: Assignment, channel: ControlChannel, work_dir:
     return JobTimings(
         steps=request.spec.render.steps, size=(output.height, output.width), wall_s=round(wall_s, 3),
         stages={timing.stage: round(timing.seconds, 3) for timing in clock.timings()}, parts=parts,
-        speech_s=round(speech.duration_s, 3),
+        speech_s=round(speech.duration_s, 3), stage_memory=clock.peaks if isinstance(clock, MemoryClock) else {},
     )  # fmt: skip
+
+
+class MemoryClock(StageClock):
+    """The pipeline's clock on a GPU, also keeping each stage's peak memory on this rank (the highest of its
+    visits): the job's peak and the stage it comes from."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(sync=torch.cuda.synchronize)
+        self.device = device
+        self.peaks: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def measure(self, stage: Stage) -> Iterator[None]:
+        torch.cuda.reset_peak_memory_stats(self.device)
+        with super().measure(stage):
+            yield
+        seen = self.peaks.setdefault(stage.value, {"allocated_gib": 0.0, "reserved_gib": 0.0})
+        for key, reading in (("allocated_gib", torch.cuda.max_memory_allocated), ("reserved_gib",
+                                                                                    torch.cuda.max_memory_reserved)):
+            seen[key] = max(seen[key], round(reading(self.device) / GIB, 2))
 
 
 # ---- the report ---------------------------------------------------------------------------------------------
 
 
-def peak_memory(groups: ProcessGroups) -> dict[str, float]:
-    """This rank's peak GPU memory since the last reset, in GiB (zeros on the CPU)."""
-    if groups.device.type != "cuda":
-        return {"allocated_gib": 0.0, "reserved_gib": 0.0}
-    return {
-        "allocated_gib": round(torch.cuda.max_memory_allocated(groups.device) / GIB, 2),
-        "reserved_gib": round(torch.cuda.max_memory_reserved(groups.device) / GIB, 2),
-    }
+def peak_memory(timed: JobTimings) -> dict[str, float]:
+    """This rank's peak GPU memory over the job, in GiB: the highest stage's (zeros on the CPU)."""
+    readings = timed.stage_memory.values()
+    return {key: max((reading[key] for reading in readings), default=0.0) for key in ("allocated_gib", "reserved_gib")}
 
 
 def build_report(args: argparse.Namespace, *, mode: str, gpus: int, load_s: float, timed: JobTimings,
@@ -203,6 +223,7 @@ def build_report(args: argparse.Namespace, *, mode: str, gpus: int, load_s: floa
         "dit_share": round(render_s / timed.wall_s, 4), "non_dit_s": round(timed.wall_s - render_s, 3),
         "step_s": round(render_s / args.steps, 3), "speech_s": timed.speech_s,
         "peak_memory": [{"rank": rank, **reading} for rank, reading in enumerate(memory)],
+        "stage_memory": timed.stage_memory,
         "warmup": None if warmup is None else asdict(warmup),
     }  # fmt: skip
 
@@ -300,11 +321,9 @@ def main(argv: list[str] | None = None) -> None:
                 say(groups, f"warm-up job: {args.warmup_steps} step(s)")
                 warmup = run_job(pipeline, with_render(job, steps=args.warmup_steps), channel, scratch / "warmup",
                                  args.frames)  # fmt: skip
-            if groups.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(groups.device)
             say(groups, f"timed job: {args.steps} step(s), {args.passes} passes")
             timed = run_job(pipeline, job, channel, scratch / "timed", args.frames)
-            memory = channel.gather(peak_memory(groups))  # also: rank 0 keeps the queue's files until all are done
+            memory = channel.gather(peak_memory(timed))  # also: rank 0 keeps the queue's files until all are done
         if not groups.is_leader:
             return
         mode = pipeline.models.preset.dit.attention_backend  # with --attention applied by build_pipeline

@@ -349,7 +349,7 @@ def offload_between_stages(
     OnCallPlacement(models.clip, device, home_device=home_device, before=make_room)
     models.vae.to(device)
     for coder in (models.vae.autoencoder.encoder, models.vae.autoencoder.decoder):
-        coder.register_forward_pre_hook(make_room)  # once per latent frame: a no-op once the DiT has left
+        coder.conv_in.register_forward_pre_hook(make_room)  # every frame: a no-op once the DiT has left
 
 
 def apply_low_memory(

@@ -8,6 +8,12 @@ not bit-identical to dividing by the std), the posterior mean instead of a sampl
 decoded frames. Encoding runs causally over the frames in chunks [0], [1-4], [5-8], ... as the reference
 does, so a clip must have 1 + 4k frames.
 
+The chunk loops are written out here instead of calling `AutoencoderKLWan.encode/decode`, for memory: the
+layers that work on single frames at the finer resolutions (everything before the encoder's first temporal
+downsampling, everything after the decoder's last temporal upsampling) run one frame at a time through the same
+causal cache, which computes the same function. At 960×960 in fp32 that takes the VAE's working memory from
+about 21 GiB (four 960×960 frames of 96-192 channels at once) to a quarter of it.
+
 No file I/O here: engine/weights.py reads `Wan2.1_VAE.pth` and renames its keys for this module.
 """
 
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d, WanResample
 from torch import nn
 
 # Per-channel statistics of Wan2.1 latents (spec §3.12), part of the model like diffusers' config.
@@ -89,10 +96,107 @@ class WanVAE(nn.Module):
         frames = video.shape[2]
         if (frames - 1) % self.config.temporal_stride:
             raise ValueError(f"the VAE encodes 1 + {self.config.temporal_stride}k frames, got {frames}")
-        mean = self.autoencoder.encode(video).latent_dist.mode()
+        if self.autoencoder.use_tiling:  # `--vae_tiling`: diffusers' tiled path, which has its own chunk loop
+            mean = self.autoencoder.encode(video).latent_dist.mode()
+        else:
+            mean = self._encode_chunks(video)
         return (mean - self.latents_mean.to(mean.dtype)) * self.latents_inv_std.to(mean.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, z, T, h, w] -> frames [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1]."""
         latents = latents / self.latents_inv_std.to(latents.dtype) + self.latents_mean.to(latents.dtype)
-        return self.autoencoder.decode(latents).sample
+        if self.autoencoder.use_tiling:
+            return self.autoencoder.decode(latents).sample
+        return self._decode_frames(latents).clamp(-1.0, 1.0)
+
+    def _encode_chunks(self, video: torch.Tensor) -> torch.Tensor:
+        """`AutoencoderKLWan._encode` and the posterior mean, the per-frame layers one frame at a time."""
+        encoder, cache = self.autoencoder.encoder, CausalCache(self.autoencoder.encoder)
+        per_frame = per_frame_prefix(encoder)
+        stride = self.config.temporal_stride
+        chunks = [video[:, :, :1], *video[:, :, 1:].split(stride, dim=2)]
+        latents = []
+        for chunk in chunks:
+            frames = []
+            for frame in chunk.split(1, dim=2):
+                cache.restart()
+                x = cache.conv(encoder.conv_in, frame)
+                for layer in encoder.down_blocks[:per_frame]:
+                    x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
+                frames.append(x)
+            x = torch.cat(frames, dim=2)
+            for layer in encoder.down_blocks[per_frame:]:
+                x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
+            x = encoder.mid_block(x, feat_cache=cache.slots, feat_idx=cache.index)
+            latents.append(cache.conv(encoder.conv_out, encoder.nonlinearity(encoder.norm_out(x))))
+        moments = self.autoencoder.quant_conv(torch.cat(latents, dim=2))
+        return moments[:, : self.config.z_dim]  # the mean half of the diagonal Gaussian's parameters
+
+    def _decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """`AutoencoderKLWan._decode` without the clamp, the per-frame up blocks and head one frame at a time."""
+        decoder, cache = self.autoencoder.decoder, CausalCache(self.autoencoder.decoder)
+        per_frame = per_frame_suffix(decoder)
+        shared_blocks = decoder.up_blocks[: len(decoder.up_blocks) - per_frame]
+        x = self.autoencoder.post_quant_conv(latents)
+        frames = []
+        for index, latent in enumerate(x.split(1, dim=2)):
+            first = index == 0
+            cache.restart()
+            y = cache.conv(decoder.conv_in, latent)
+            y = decoder.mid_block(y, feat_cache=cache.slots, feat_idx=cache.index)
+            for block in shared_blocks:
+                y = block(y, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
+            resume = cache.index[0]
+            for frame in y.split(1, dim=2):
+                cache.index[0] = resume
+                for block in decoder.up_blocks[len(shared_blocks) :]:
+                    frame = block(frame, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
+                frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(frame))))
+        return torch.cat(frames, dim=2)
+
+
+class CausalCache:
+    """The frames each causal convolution carries from one call to the next (diffusers' protocol: a slot per
+    convolution, filled in call order, and a one-element index list the layers advance). `restart` before each
+    chunk; a chunk split into frames restarts each frame at the index where the split began."""
+
+    def __init__(self, coder: nn.Module) -> None:
+        self.slots: list[torch.Tensor | None] = [None] * sum(isinstance(m, WanCausalConv3d) for m in coder.modules())
+        self.index = [0]
+
+    def restart(self) -> None:
+        self.index[0] = 0
+
+    def conv(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        """A causal convolution the coder calls itself (conv_in, conv_out), carrying its last CACHE_T frames."""
+        slot, carried = self.index[0], x[:, :, -CACHE_T:].clone()
+        if carried.shape[2] < CACHE_T and self.slots[slot] is not None:
+            carried = torch.cat([self.slots[slot][:, :, -1:], carried], dim=2)
+        out = conv(x, self.slots[slot])
+        self.slots[slot] = carried
+        self.index[0] += 1
+        return out
+
+
+def _is_temporal(resample: WanResample | None) -> bool:
+    return resample is not None and resample.mode in ("downsample3d", "upsample3d")
+
+
+def per_frame_prefix(encoder: nn.Module) -> int:
+    """How many of the encoder's leading layers act on each frame alone (all before the first temporal
+    downsampling): they may run frame by frame."""
+    for count, layer in enumerate(encoder.down_blocks):
+        if isinstance(layer, WanResample) and _is_temporal(layer):
+            return count
+    return len(encoder.down_blocks)
+
+
+def per_frame_suffix(decoder: nn.Module) -> int:
+    """How many of the decoder's trailing up blocks act on each frame alone (all after the last temporal
+    upsampling)."""
+    count = 0
+    for block in reversed(decoder.up_blocks):
+        if _is_temporal(block.upsamplers[0] if block.upsamplers is not None else None):
+            break
+        count += 1
+    return count

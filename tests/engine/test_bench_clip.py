@@ -9,7 +9,16 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from engine.bench_clip import TABLE_HEADER, TABLE_TITLE, append_markdown, fit_speech, main, opening_exchange
+from engine.bench_clip import (
+    TABLE_HEADER,
+    TABLE_TITLE,
+    JobTimings,
+    append_markdown,
+    fit_speech,
+    main,
+    opening_exchange,
+    peak_memory,
+)
 from engine.stages.audio import target_frame_count
 from engine.stages.clock import StageClock, part
 from engine.stages.speech import LineTiming, Speech
@@ -123,5 +132,14 @@ def test_tiny_clip_times_every_stage_and_appends_a_row(tmp_path):
     assert report["step_s"] == pytest.approx(report["stages"]["render"] / 2, abs=1e-3)
     assert report["warmup"]["steps"] == 1 and set(report["warmup"]["stages"]) == set(report["stages"])
     assert report["peak_memory"] == [{"rank": 0, "allocated_gib": 0.0, "reserved_gib": 0.0}]  # the CPU has none
+    assert report["stage_memory"] == {}
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| ") and line.endswith("| ci |")]
     assert len(rows) == 1 and "| tiny | 64×64 | 29 | 2 | 3 |" in rows[0]
+
+
+def test_the_jobs_peak_memory_is_its_highest_stages():
+    """A GPU clock resets the allocator's peak at each stage, so the job's peak is the highest stage's reading."""
+    timed = JobTimings(steps=1, size=(960, 960), wall_s=1.0, stages={}, parts={}, speech_s=1.0, stage_memory={
+        "encode": {"allocated_gib": 50.0, "reserved_gib": 61.0}, "render": {"allocated_gib": 55.5, "reserved_gib": 58.0},
+        "decode": {"allocated_gib": 52.0, "reserved_gib": 60.0}})  # fmt: skip
+    assert peak_memory(timed) == {"allocated_gib": 55.5, "reserved_gib": 61.0}
