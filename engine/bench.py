@@ -227,12 +227,15 @@ def _peak(name: str) -> float | None:
 
 
 def _commit() -> str:
+    """The commit measured, "+dirty" when the tracked files differ from it (a copied tree whose .git is older)."""
     if os.environ.get("DUET_COMMIT"):
         return os.environ["DUET_COMMIT"][:12]
     try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True).returncode == 1
     except OSError:
         return "unknown"
+    return f"{head}+dirty" if head and dirty else head or "unknown"
 
 
 def insert_table_rows(path: Path, rows: Sequence[str], *, header: str, title: str, intro: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 
 import pytest
 import torch
 
+from engine import bench
 from engine.bench import append_markdown, bench_steps, build_model, dit_flops_per_forward
 from engine.models.dit import DiTConfig
 
@@ -32,3 +34,16 @@ def test_bench_steps_runs_every_guidance_pass(passes, tmp_path):
     lines = table.read_text().splitlines()
     assert lines.count("|---|---|---|---|---|---|---|---|---|---|---|---|---|") == 1
     assert sum("64×64" in line for line in lines) == 2
+
+
+def test_the_commit_is_marked_dirty_when_the_tree_differs_from_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DUET_COMMIT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for command in (["init", "-q"], ["add", "a.py"], ["commit", "-qm", "one"]):
+        subprocess.run([*git, *command], check=True)
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert bench._commit() == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert bench._commit() == f"{head}+dirty"
