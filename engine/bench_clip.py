@@ -272,6 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="low memory: DiT parameters kept on the GPU, the other blocks streamed")  # fmt: skip
     parser.add_argument("--offload_model", action="store_true", help="low memory: models leave the GPU between stages")
     parser.add_argument("--t5_cpu", action="store_true", help="run T5 on the CPU")
+    parser.add_argument("--t5_fsdp", action="store_true", help="shard T5's layers across the ranks (FSDP)")
+    parser.add_argument("--dit_fsdp", action="store_true", help="shard the DiT's blocks across the ranks (FSDP)")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="append a row to this file's whole-clip table")
     parser.add_argument("--note", default="")
@@ -285,7 +287,8 @@ def serve_options(args: argparse.Namespace, world_size: int) -> ServeOptions:
     """The engine's options as `engine.serve` would get them from its command line for this run."""
     return ServeOptions(
         config_path=None, preset=args.preset, weights_dir=None, once=True,
-        parallel=ParallelConfig(ulysses_size=world_size), frame_num=args.frames, sample_shift=None,
+        parallel=ParallelConfig(ulysses_size=world_size, t5_fsdp=args.t5_fsdp, dit_fsdp=args.dit_fsdp),
+        frame_num=args.frames, sample_shift=None,
         offload_model=args.offload_model, time_limit_s=None, worker_name=None, attention=args.attention,
         compile=args.compile, persistent_dit_params=args.num_persistent_param_in_dit, t5_cpu=args.t5_cpu, fp8=args.fp8,
     )  # fmt: skip
@@ -332,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.num_persistent_param_in_dit is not None:
             mode += f" persistent={args.num_persistent_param_in_dit}"
         mode += (" +offload" if args.offload_model else "") + (" +t5_cpu" if args.t5_cpu else "")
+        mode += (" +t5_fsdp" if args.t5_fsdp else "") + (" +dit_fsdp" if args.dit_fsdp else "")
         report = build_report(args, mode=mode, gpus=groups.world_size, load_s=load_s, timed=timed, warmup=warmup,
                               memory=memory)  # fmt: skip
         print(json.dumps(report, indent=1))

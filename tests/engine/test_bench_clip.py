@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 import pytest
 
+from engine import bench_clip
 from engine.bench_clip import (
     TABLE_HEADER,
     TABLE_TITLE,
@@ -143,3 +145,19 @@ def test_the_jobs_peak_memory_is_its_highest_stages():
         "encode": {"allocated_gib": 50.0, "reserved_gib": 61.0}, "render": {"allocated_gib": 55.5, "reserved_gib": 58.0},
         "decode": {"allocated_gib": 52.0, "reserved_gib": 60.0}})  # fmt: skip
     assert peak_memory(timed) == {"allocated_gib": 55.5, "reserved_gib": 61.0}
+
+
+@pytest.mark.slow
+def test_two_ranks_with_the_eight_gpu_flags_render_the_whole_clip(tmp_path):
+    """The 8-GPU issue's configuration (Ulysses over every rank, T5 and DiT sharded with FSDP) through the service's
+    own pipeline, on 2 gloo ranks: every stage runs and the report names the sharding."""
+    from tests.engine.test_parallel import torchrun
+
+    out = tmp_path / "clip.json"
+    run = torchrun(Path(bench_clip.__file__), 2, "--preset", "tiny", "--size", "640", "--frames", "29", "--steps", "1",
+                   "--warmup-steps", "0", "--t5_fsdp", "--dit_fsdp", "--out", str(out), timeout_s=400)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["gpus"] == 2 and report["mode"].endswith("+t5_fsdp +dit_fsdp")
+    assert list(report["stages"]) == ["tts", "audio", "encode", "render", "decode", "mux"]
+    assert len(report["peak_memory"]) == 2

@@ -5,9 +5,7 @@
 # on all four GPUs, FP8 and bf16.
 #   bash tools/device/clip_benchmarks.sh one|four
 set -uo pipefail
-export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.csv"
+source tools/device/common.sh
 clip() {  # name, time limit, then bench_clip options
   local name=$1 limit=$2; shift 2
   timeout "$limit" "$@" --preset full-random --size 960 --attention cudnn --out "$OUT/$name.json" \
@@ -32,4 +30,6 @@ case "${1:-}" in
       --warmup-steps 1 --compile ;;
   *) echo "usage: $0 one|four" >&2; exit 2 ;;
 esac
+cat "$OUT"/rows.*.md > "$OUT/rows.md"
 tail -n 3 "$OUT"/*.txt
+bundle rc.txt rows.md

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The 8-GPU issue on an 8-GPU machine (after the install calls of tools/device_pack.py), one phase per call:
+#   steps8   s/step at 960x960 and 640x640 (81 frames, 3 passes, compiled, cuDNN) on 8 GPUs
+#   steps1   the same on 1 GPU of the machine (the scaling baseline)
+#   clip     peak memory per GPU and stage times with --ulysses_size 8 --t5_fsdp --dit_fsdp (960x960), and the
+#            4-step mode at 640x640 end to end (its wall time against the clip's 3.24 s)
+#   service  one 81-frame 960x960 job from the queue through run_engine.sh --gpus 8 to the MP4, wall time
+# Results: $OUT/summary.txt and $OUT/results.tar.gz (every JSON, log and row).
+#   bash tools/device/eight_gpus.sh steps8|steps1|clip|service
+set -uo pipefail
+source tools/device/common.sh
+summary=$OUT/summary.txt
+bench() {  # name, time limit, command…: its output to $OUT/name.txt, its rc to the summary
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  echo "$name rc=$?" >> "$summary"
+}
+case "${1:-}" in
+  steps8)
+    bench steps_8gpu 560 torchrun --standalone --nproc_per_node=8 -m engine.bench --sizes 640 960 --compile \
+      --attention cudnn --out "$OUT/steps_8gpu.json" --markdown "$OUT/rows.md" --note "Ulysses x8, cuDNN + compiled blocks"
+    grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
+  steps1)
+    bench steps_1gpu 560 python3 -m engine.bench --sizes 640 960 --compile --attention cudnn \
+      --out "$OUT/steps_1gpu.json" --markdown "$OUT/rows.md" --note "1 GPU baseline on the 8-GPU host"
+    grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
+  clip)
+    bench clip_fsdp_960 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 960 --steps 2 \
+      --warmup-steps 1 --attention cudnn --t5_fsdp --dit_fsdp --out "$OUT/clip_fsdp_960.json" \
+      --markdown "$OUT/rows.md" --note "Ulysses x8 + T5/DiT FSDP"
+    bench clip_4step_640 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 640 --steps 4 \
+      --passes 2 --warmup-steps 1 --attention cudnn --compile --fp8 --out "$OUT/clip_4step_640.json" \
+      --markdown "$OUT/rows.md" --note "4-step mode, 8 GPUs, FP8"
+    grep -h "^| 20" "$OUT/rows.md" >> "$summary"
+    python3 -c "import json,sys; [print(p, json.load(open(p))['peak_memory']) for p in sys.argv[1:]]" \
+      "$OUT"/clip_*.json >> "$summary" 2>&1 ;;
+  service)
+    export DUET_CONFIG=$PWD/bot_config.toml
+    mkdir -p var
+    printf 'A: Hello there, how are you today?\nB: Very well, thank you.\n' > "$OUT/script.txt"
+    S=bot/samples
+    SECONDS=0
+    id=$(python3 -m bot queue submit --photo-a $S/grace_hopper.jpg --photo-b $S/astronaut.png \
+      --script "$OUT/script.txt" --quality 720p --seed 1)
+    ./run_engine.sh --gpus 8 --preset full-random --attention cudnn --compile --worker_name eight \
+      > "$OUT/engine.log" 2>&1 &
+    engine=$!
+    until python3 -m bot queue show "$id" --json | grep -qE '"state": "(succeeded|failed|dead)"'; do
+      [ $SECONDS -gt 540 ] && break; sleep 2
+    done
+    echo "job $id: $(python3 -m bot queue show "$id" --json | grep -oE '"state": "[a-z]+"') after ${SECONDS}s" >> "$summary"
+    python3 -m bot queue workers --drain eight > /dev/null; wait $engine
+    python3 -m bot queue show "$id" --json > "$OUT/job.json"
+    python3 - "$summary" <<'PY' >> "$summary" 2>&1
+import glob, av
+for path in glob.glob("var/media/*/result.mp4"):
+    with av.open(path) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        print(path, v.codec_context.name, v.average_rate, v.width, v.height, v.frames, a.codec_context.name, c.duration / 1e6)
+PY
+    grep -E "models loaded|rendered:" "$OUT/engine.log" >> "$summary" ;;
+  *) echo "usage: $0 steps8|steps1|clip|service" >&2; exit 2 ;;
+esac
+bundle summary.txt
+cat "$summary"
