@@ -134,6 +134,10 @@ def build_pipeline(options: ServeOptions, settings: Settings, groups: ProcessGro
         shard_blocks(dit_blocks(pipeline.models.dit), groups)
     if options.parallel.t5_fsdp:
         shard_blocks(t5_blocks(pipeline.models.t5), groups)
+    if groups.world_size > 1:
+        from engine.parallel.vae_rows import row_bands_over
+
+        pipeline.models.vae.row_bands = row_bands_over(groups.world)
     if options.parallel.sequence_parallel_size > 1:
         backend = None
         if options.parallel.backend == "xfuser":

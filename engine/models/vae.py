@@ -14,17 +14,26 @@ downsampling, everything after the decoder's last temporal upsampling) run one f
 causal cache, which computes the same function. At 960×960 in fp32 that takes the VAE's working memory from
 about 21 GiB (four 960×960 frames of 96-192 channels at once) to a quarter of it.
 
+With `row_bands` set (several ranks; engine/parallel/vae_rows.py), each rank runs the layers outside the mid
+blocks for its band of rows only, widened by a halo as deep as those layers see, and the bands are gathered: the
+mid blocks' attention sees the whole frame, everything else is 3×3 convolutions, per-pixel norms and nearest
+upsampling, so rows beyond the halo cannot reach the band.
+
 No file I/O here: engine/weights.py reads `Wan2.1_VAE.pth` and renames its keys for this module.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d, WanResample
 from torch import nn
+
+from engine.parallel.sequence import split_sizes
 
 # Per-channel statistics of Wan2.1 latents (spec §3.12), part of the model like diffusers' config.
 WAN21_LATENTS_MEAN = (
@@ -90,6 +99,7 @@ class WanVAE(nn.Module):
         inv_std = (1.0 / torch.tensor(config.latents_std, dtype=torch.float32)).view(shape)
         self.register_buffer("latents_mean", mean, persistent=False)
         self.register_buffer("latents_inv_std", inv_std, persistent=False)
+        self.row_bands: RowBands | None = None  # set for several ranks: each computes its band of rows
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 1+4k, H, W] in [-1, 1] -> normalised latent mean [B, z, 1+k, H/8, W/8]."""
@@ -110,9 +120,14 @@ class WanVAE(nn.Module):
         return self._decode_frames(latents).clamp_(-1.0, 1.0)  # in place: a 960×960 clip is 0.9 GB of fp32
 
     def _encode_chunks(self, video: torch.Tensor) -> torch.Tensor:
-        """`AutoencoderKLWan._encode` and the posterior mean, the per-frame layers one frame at a time."""
+        """`AutoencoderKLWan._encode` and the posterior mean, the per-frame layers one frame at a time (and, with
+        `row_bands`, the layers before the mid block on this rank's band of rows)."""
         encoder, cache = self.autoencoder.encoder, CausalCache(self.autoencoder.encoder)
         per_frame = per_frame_prefix(encoder)
+        scale, rows = self.config.spatial_stride, video.shape[3] // self.config.spatial_stride
+        band = None if self.row_bands is None else self.row_bands.window(rows, encoder_halo(encoder, scale))
+        if band is not None:
+            video = video[:, :, :, band.top * scale : band.bottom * scale]
         stride = self.config.temporal_stride
         chunks = [video[:, :, :1], *video[:, :, 1:].split(stride, dim=2)]
         latents = []
@@ -127,16 +142,21 @@ class WanVAE(nn.Module):
             x = torch.cat(frames, dim=2)
             for layer in encoder.down_blocks[per_frame:]:
                 x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
+            if band is not None:  # the mid block's attention needs every row
+                x = band.gather(x, scale=1)
             x = encoder.mid_block(x, feat_cache=cache.slots, feat_idx=cache.index)
             latents.append(cache.conv(encoder.conv_out, encoder.nonlinearity(encoder.norm_out(x))))
         moments = self.autoencoder.quant_conv(torch.cat(latents, dim=2))
         return moments[:, : self.config.z_dim]  # the mean half of the diagonal Gaussian's parameters
 
     def _decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        """`AutoencoderKLWan._decode` without the clamp, the per-frame up blocks and head one frame at a time."""
+        """`AutoencoderKLWan._decode` without the clamp, the per-frame up blocks and head one frame at a time (and,
+        with `row_bands`, everything after the mid block on this rank's band of rows)."""
         decoder, cache = self.autoencoder.decoder, CausalCache(self.autoencoder.decoder)
         per_frame = per_frame_suffix(decoder)
         shared_blocks = decoder.up_blocks[: len(decoder.up_blocks) - per_frame]
+        rows = latents.shape[3]
+        band = None if self.row_bands is None else self.row_bands.window(rows, decoder_halo(decoder))
         x = self.autoencoder.post_quant_conv(latents)
         frames = []
         for index, latent in enumerate(x.split(1, dim=2)):
@@ -144,6 +164,8 @@ class WanVAE(nn.Module):
             cache.restart()
             y = cache.conv(decoder.conv_in, latent)
             y = decoder.mid_block(y, feat_cache=cache.slots, feat_idx=cache.index)
+            if band is not None:
+                y = y[:, :, :, band.top : band.bottom]
             for block in shared_blocks:
                 y = block(y, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
             resume = cache.index[0]
@@ -152,7 +174,69 @@ class WanVAE(nn.Module):
                 for block in decoder.up_blocks[len(shared_blocks) :]:
                     frame = block(frame, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
                 frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(frame))))
-        return torch.cat(frames, dim=2)
+        video = torch.cat(frames, dim=2)
+        return video if band is None else band.gather(video, scale=self.config.spatial_stride)
+
+
+@dataclass(frozen=True)
+class RowBands:
+    """The VAE's rows shared by `count` ranks (engine/parallel/vae_rows.py makes one from a process group).
+    `gather(piece, dim, sizes)` returns every rank's piece joined along `dim` in rank order (`sizes`: their
+    lengths)."""
+
+    index: int
+    count: int
+    gather: Callable[[torch.Tensor, int, list[int]], torch.Tensor]
+
+    def window(self, rows: int, halo: int) -> RowWindow:
+        """This rank's band of `rows` latent rows, widened by `halo` rows on each side within the frame."""
+        sizes = split_sizes(rows, self.count)
+        low = sum(sizes[: self.index])
+        high = low + sizes[self.index]
+        return RowWindow(self, sizes, low, high, max(0, low - halo), min(rows, high + halo))
+
+
+@dataclass(frozen=True)
+class RowWindow:
+    """One rank's band [low, high) and its computed rows [top, bottom), in latent rows."""
+
+    bands: RowBands
+    sizes: list[int]
+    low: int
+    high: int
+    top: int
+    bottom: int
+
+    def gather(self, computed: torch.Tensor, *, scale: int) -> torch.Tensor:
+        """The whole frame from every rank's `computed` rows (dim 3, `scale` rows per latent row): the halo is cut
+        off and the bands joined."""
+        band = computed[:, :, :, (self.low - self.top) * scale : (self.high - self.top) * scale].contiguous()
+        return self.bands.gather(band, 3, [size * scale for size in self.sizes])
+
+
+def decoder_halo(decoder: nn.Module) -> int:
+    """Latent rows the decoder's layers after the mid block see beyond a band's edge: every 3×3 convolution
+    reaches one row at its own scale (counted at the coarser scale after an upsampling, which can round it up),
+    plus a row of margin."""
+    reach, scale = 0.0, 1
+    for block in decoder.up_blocks:
+        reach += 2 * len(block.resnets) / scale  # two 3×3 convolutions per residual block
+        if block.upsamplers is not None:
+            reach += 1 / scale
+            scale *= 2
+    reach += 1 / scale  # conv_out
+    return math.ceil(reach) + 1
+
+
+def encoder_halo(encoder: nn.Module, spatial_stride: int) -> int:
+    """Latent rows the encoder's layers before the mid block see beyond a band's edge: in pixels, conv_in and every
+    3×3 convolution reach one row at their scale and a stride-2 downsampling two; plus a row of margin."""
+    reach, scale = 1, 1  # conv_in
+    for layer in encoder.down_blocks:
+        reach += 2 * scale  # a residual block's two 3×3 convolutions, or a downsampling's reach
+        if isinstance(layer, WanResample):
+            scale *= 2
+    return math.ceil(reach / spatial_stride) + 1
 
 
 class CausalCache:

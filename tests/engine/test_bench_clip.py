@@ -141,9 +141,13 @@ def test_tiny_clip_times_every_stage_and_appends_a_row(tmp_path):
 
 def test_the_jobs_peak_memory_is_its_highest_stages():
     """A GPU clock resets the allocator's peak at each stage, so the job's peak is the highest stage's reading."""
-    timed = JobTimings(steps=1, size=(960, 960), wall_s=1.0, stages={}, parts={}, speech_s=1.0, stage_memory={
-        "encode": {"allocated_gib": 50.0, "reserved_gib": 61.0}, "render": {"allocated_gib": 55.5, "reserved_gib": 58.0},
-        "decode": {"allocated_gib": 52.0, "reserved_gib": 60.0}})  # fmt: skip
+    stage_memory = {
+        "encode": {"allocated_gib": 50.0, "reserved_gib": 61.0},
+        "render": {"allocated_gib": 55.5, "reserved_gib": 58.0},
+        "decode": {"allocated_gib": 52.0, "reserved_gib": 60.0},
+    }
+    timed = JobTimings(steps=1, size=(960, 960), wall_s=1.0, stages={}, parts={}, speech_s=1.0,
+                       stage_memory=stage_memory)  # fmt: skip
     assert peak_memory(timed) == {"allocated_gib": 55.5, "reserved_gib": 61.0}
 
 

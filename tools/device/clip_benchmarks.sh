@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU-performance issue's whole-clip runs on a 4-GPU machine (after the install calls of tools/device_pack.py),
 # results under $OUT. Phase "one": three single-GPU jobs side by side (GPU 0: 960x960 resident; GPU 1: the same with
-# the low-memory options; GPUs 2-3: the tiny service over NCCL, then the offload and FP8 selfchecks). Phase "four": the 4-step distilled mode end to end
-# on all four GPUs, FP8 and bf16.
+# the low-memory options; GPUs 2-3: the tiny service over NCCL, then the offload and FP8 selfchecks). Phase "four":
+# the 4-step distilled mode end to end on all four GPUs, FP8 and bf16.
 #   bash tools/device/clip_benchmarks.sh one|four
 set -uo pipefail
 source tools/device/common.sh

@@ -1,0 +1,87 @@
+"""The VAE split by rows over gloo ranks (`engine.parallel.vae_rows`) computes what one rank computes, while each
+rank's layers outside the mid blocks see only its band and halo. Launched under torchrun by the test (3 ranks:
+uneven bands, and a middle rank with halos on both sides); the `__main__` side runs on every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from engine.models.vae import VAEConfig, WanVAE, decoder_halo, encoder_halo
+
+HEIGHT, WIDTH, FRAMES = 320, 32, 9  # 40 latent rows: bands of 14, 13, 13 rows, each with halos narrower than 40
+
+
+def test_three_ranks_encode_and_decode_what_one_rank_does(tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "VAE_ROWS_OUT": str(out), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", __file__]
+    run = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["encode_error"] <= 1e-6 and result["decode_error"] <= 1e-6
+    # Each rank's full-resolution layers saw its band and halo only, not the whole frame's 320 rows.
+    assert all(rows < HEIGHT for rows in result["decoder_rows_seen"]) and len(result["decoder_rows_seen"]) == 3
+    assert all(rows < HEIGHT for rows in result["encoder_rows_seen"])
+
+
+def test_halos_of_the_full_vae_cover_its_convolutions():
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig())
+    # decoder, in latent rows: 3 residual blocks (6 convolutions) at 1x, 2x, 4x and 8x, the upsampling convolutions
+    # and conv_out: 6 + 1 + 3 + 0.5 + 1.5 + 0.25 + 0.75 + 0.125 = 13.1 -> 14, + 1 of margin
+    assert decoder_halo(vae.autoencoder.decoder) == 15
+    # encoder, in pixels: conv_in 1; 2 blocks and a downsampling at 1x (6), 2x (12), 4x (24); 2 blocks at 8x (32)
+    assert encoder_halo(vae.autoencoder.encoder, 8) == 11  # 75 px -> 10 latent rows, + 1 of margin
+
+
+def _random_vae() -> WanVAE:
+    torch.manual_seed(3)  # the same weights on every rank
+    vae = WanVAE(VAEConfig.tiny()).eval()
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.normal_(0.0, 0.3)
+    return vae
+
+
+if __name__ == "__main__":
+    import torch.distributed as dist
+
+    from engine.parallel.vae_rows import row_bands_over
+
+    dist.init_process_group("gloo")
+    vae = _random_vae()
+    generator = torch.Generator().manual_seed(1)
+    video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH, generator=generator) * 2 - 1
+    latents = torch.randn(1, 16, 3, HEIGHT // 8, WIDTH // 8, generator=generator)
+    with torch.inference_mode():
+        whole_latent, whole_video = vae.encode(video), vae.decode(latents)
+        vae.row_bands = row_bands_over(dist.group.WORLD)
+        seen = {"decoder": [], "encoder": []}
+        vae.autoencoder.decoder.up_blocks[-1].register_forward_pre_hook(
+            lambda _m, args: seen["decoder"].append(args[0].shape[3]))
+        vae.autoencoder.encoder.down_blocks[0].register_forward_pre_hook(
+            lambda _m, args: seen["encoder"].append(args[0].shape[3]))
+        banded_latent, banded_video = vae.encode(video), vae.decode(latents)
+
+    def error(got: torch.Tensor, expected: torch.Tensor) -> float:
+        return ((got - expected).norm() / expected.norm()).item()
+
+    mine = {"encode_error": error(banded_latent, whole_latent), "decode_error": error(banded_video, whole_video),
+            "decoder_rows": max(seen["decoder"]), "encoder_rows": max(seen["encoder"])}  # fmt: skip
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if dist.get_rank() == 0:
+        result = {
+            "encode_error": max(r["encode_error"] for r in every),
+            "decode_error": max(r["decode_error"] for r in every),
+            "decoder_rows_seen": [r["decoder_rows"] for r in every],
+            "encoder_rows_seen": [r["encoder_rows"] for r in every],
+        }
+        with open(os.environ["VAE_ROWS_OUT"], "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
