@@ -11,8 +11,9 @@ does, so a clip must have 1 + 4k frames.
 The chunk loops are written out here instead of calling `AutoencoderKLWan.encode/decode`, for memory: the
 layers that work on single frames at the finer resolutions (everything before the encoder's first temporal
 downsampling, everything after the decoder's last temporal upsampling) run one frame at a time through the same
-causal cache, which computes the same function. At 960×960 in fp32 that takes the VAE's working memory from
-about 21 GiB (four 960×960 frames of 96-192 channels at once) to a quarter of it.
+causal cache, which computes the same function. diffusers pushes four 960×960 frames of 96-192 channels through
+each of those layers at once; one at a time took a whole 960×960 job's peak on one GPU from 68.7 to 62.4 GiB
+(docs/benchmarks.md), for about a fifth more VAE time.
 
 With `row_bands` set (several ranks; engine/parallel/vae_rows.py), each rank runs the layers outside the mid
 blocks for its band of rows only, widened by a halo as deep as those layers see, and the bands are gathered: the
