@@ -5,11 +5,13 @@
 #   clip     peak memory per GPU and stage times with --ulysses_size 8 --t5_fsdp --dit_fsdp (960x960), and the
 #            4-step mode at 640x640 end to end (its wall time against the clip's 3.24 s)
 #   service  one 81-frame 960x960 job from the queue through run_engine.sh --gpus 8 to the MP4, wall time
-# Results: $OUT/summary.txt and $OUT/results.tar.gz (every JSON, log and row).
+# Results: $OUT/summary.txt and $OUT/results.tar.gz (every JSON, log and row). GPUS and PRESET (default 8 and
+# full-random) let the service phase be tried first where it is cheap: GPUS=2 PRESET=tiny runs it on a CPU.
 #   bash tools/device/eight_gpus.sh steps8|steps1|clip|service
 set -uo pipefail
 source tools/device/common.sh
 summary=$OUT/summary.txt
+GPUS=${GPUS:-8} PRESET=${PRESET:-full-random}
 bench() {  # name, time limit, command…: its output to $OUT/name.txt, its rc to the summary
   local name=$1 limit=$2; shift 2
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
@@ -37,13 +39,13 @@ case "${1:-}" in
   service)
     export DUET_CONFIG=$PWD/bot_config.toml
     mkdir -p var
-    printf 'A: Hello there, how are you today?\nB: Very well, thank you.\n' > "$OUT/script.txt"
+    printf 'A: Hello there.\nB: Hi!\n' > "$OUT/script.txt"  # under 3.2 s of speech: one 81-frame chunk
     S=bot/samples
     SECONDS=0
     id=$(python3 -m bot queue submit --photo-a $S/grace_hopper.jpg --photo-b $S/astronaut.png \
       --script "$OUT/script.txt" --quality 720p --seed 1)
-    ./run_engine.sh --gpus 8 --preset full-random --attention cudnn --compile --worker_name eight \
-      > "$OUT/engine.log" 2>&1 &
+    fast=$([ "$PRESET" = tiny ] || echo "--attention cudnn --compile")
+    ./run_engine.sh --gpus "$GPUS" --preset "$PRESET" $fast --worker_name eight > "$OUT/engine.log" 2>&1 &
     engine=$!
     until python3 -m bot queue show "$id" --json | grep -qE '"state": "(succeeded|failed|dead)"'; do
       [ $SECONDS -gt 540 ] && break; sleep 2
