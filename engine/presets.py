@@ -254,10 +254,12 @@ def built_on(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
 
 def _build_random(preset: Preset, placement: Placement, seed: int) -> EngineModels:
     """The preset's classes with their default initialisation, each built on its device in its dtype (`built_on`),
-    seeded without touching the global RNGs (the CPU's and every GPU's)."""
+    seeded without touching the global RNGs (the CPU's and every GPU's). A module placed on the CPU beside a GPU
+    (umT5 with `--t5_cpu`) is made on the GPU and moved: a CPU takes minutes to initialise 5.7 B parameters."""
+    on_gpu = torch.device(placement.device).type == "cuda"
 
     def build(factory: Callable[[], torch.nn.Module], device: str, dtype: torch.dtype) -> Any:
-        with built_on(device, dtype):
+        with built_on(placement.device if on_gpu and torch.device(device).type == "cpu" else device, dtype):
             module = factory()
         # `to` also moves what a constructor made outside the device context (wav2vec2's masked_spec_embed).
         return module.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU-performance issue's whole-clip runs on a 4-GPU machine (after the install calls of tools/device_pack.py),
-# results under $OUT. Phase "one": three single-GPU jobs side by side (GPU 0: 960x960 resident; GPU 1: the same with
-# the low-memory options; GPUs 2-3: the tiny service over NCCL, then the offload and FP8 selfchecks). Phase "four":
-# the 4-step distilled mode end to end on all four GPUs, FP8 and bf16.
+# results under $OUT. Phase "one": single-GPU 960x960 jobs side by side (GPU 0: resident; GPU 1: resident with
+# --t5_cpu; GPU 2: the low-memory options) and the offload and FP8 selfchecks on GPU 3. Phase "four": the 4-step
+# distilled mode end to end on all four GPUs, FP8 and bf16. The tiny service over NCCL is tools/device/tiny_service.sh.
 #   bash tools/device/clip_benchmarks.sh one|four
 set -uo pipefail
 source tools/device/common.sh
@@ -14,13 +14,14 @@ clip() {  # name, time limit, then bench_clip options
 }
 case "${1:-}" in
   one)
-    (CUDA_VISIBLE_DEVICES=2,3 bash tools/device/tiny_service.sh > "$OUT/tiny_service.txt" 2>&1
-     for module in engine.offload engine.quantize; do  # the CUDA paths of the low-memory and FP8 options
-       CUDA_VISIBLE_DEVICES=2 timeout 120 python3 -m $module --selfcheck > "$OUT/selfcheck_$module.txt" 2>&1
+    (for module in engine.offload engine.quantize; do  # the CUDA paths of the low-memory and FP8 options
+       CUDA_VISIBLE_DEVICES=3 timeout 120 python3 -m $module --selfcheck > "$OUT/selfcheck_$module.txt" 2>&1
        echo "selfcheck $module rc=$?" >> "$OUT/rc.txt"
      done) &
-    CUDA_VISIBLE_DEVICES=0 clip resident_960 540 python3 -m engine.bench_clip --steps 2 --warmup-steps 0 &
-    CUDA_VISIBLE_DEVICES=1 clip lowmem_960 540 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 \
+    CUDA_VISIBLE_DEVICES=0 clip resident_960 300 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 &
+    CUDA_VISIBLE_DEVICES=1 clip resident_t5_cpu_960 300 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 \
+      --t5_cpu &
+    CUDA_VISIBLE_DEVICES=2 clip lowmem_960 300 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 \
       --num_persistent_param_in_dit 0 --offload_model &
     wait ;;
   four)
