@@ -84,4 +84,5 @@ if __name__ == "__main__":
         }
         with open(os.environ["VAE_ROWS_OUT"], "w") as f:
             json.dump(result, f)
+    dist.barrier()  # no rank tears its connections down while a peer still reads from them (gloo aborts)
     dist.destroy_process_group()
