@@ -5,9 +5,8 @@ uneven bands, and a middle rank with halos on both sides); the `__main__` side r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -17,10 +16,10 @@ HEIGHT, WIDTH, FRAMES = 320, 32, 9  # 40 latent rows: bands of 14, 13, 13 rows, 
 
 
 def test_three_ranks_encode_and_decode_what_one_rank_does(tmp_path):
+    from tests.engine.test_parallel import torchrun
+
     out = tmp_path / "result.json"
-    env = {**os.environ, "VAE_ROWS_OUT": str(out), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", __file__]
-    run = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True, check=False)
+    run = torchrun(Path(__file__), 3, str(out), timeout_s=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["encode_error"] <= 1e-6 and result["decode_error"] <= 1e-6
@@ -39,22 +38,14 @@ def test_halos_of_the_full_vae_cover_its_convolutions():
     assert encoder_halo(vae.autoencoder.encoder, 8) == 11  # 75 px -> 10 latent rows, + 1 of margin
 
 
-def _random_vae() -> WanVAE:
-    torch.manual_seed(3)  # the same weights on every rank
-    vae = WanVAE(VAEConfig.tiny()).eval()
-    with torch.no_grad():
-        for parameter in vae.parameters():
-            parameter.normal_(0.0, 0.3)
-    return vae
-
-
 if __name__ == "__main__":
     import torch.distributed as dist
 
     from engine.parallel.vae_rows import row_bands_over
+    from tests.engine.test_vae_parity import scaled_random_vae
 
     dist.init_process_group("gloo")
-    vae = _random_vae()
+    vae = scaled_random_vae()  # the same weights on every rank
     generator = torch.Generator().manual_seed(1)
     video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH, generator=generator) * 2 - 1
     latents = torch.randn(1, 16, 3, HEIGHT // 8, WIDTH // 8, generator=generator)
@@ -82,7 +73,6 @@ if __name__ == "__main__":
             "decoder_rows_seen": [r["decoder_rows"] for r in every],
             "encoder_rows_seen": [r["encoder_rows"] for r in every],
         }
-        with open(os.environ["VAE_ROWS_OUT"], "w") as f:
-            json.dump(result, f)
+        Path(sys.argv[1]).write_text(json.dumps(result))
     dist.barrier()  # no rank tears its connections down while a peer still reads from them (gloo aborts)
     dist.destroy_process_group()

@@ -68,15 +68,20 @@ def test_latent_statistics_stay_fp32_when_the_weights_are_bf16(load_fixture, tmp
     torch.testing.assert_close(vae.latents_inv_std.flatten(), 1.0 / torch.tensor(VAEConfig().latents_std))
 
 
-@pytest.fixture(scope="module")
-def random_vae() -> WanVAE:
-    """The tiny topology with random weights scaled up, so that every layer moves the result."""
+def scaled_random_vae() -> WanVAE:
+    """The tiny topology with seeded random weights scaled up, so that every layer moves the result (the same
+    weights in every process that calls it)."""
     torch.manual_seed(3)
     vae = WanVAE(VAEConfig.tiny()).eval()
     with torch.no_grad():
         for parameter in vae.parameters():
             parameter.normal_(0.0, 0.3)
     return vae
+
+
+@pytest.fixture(scope="module")
+def random_vae() -> WanVAE:
+    return scaled_random_vae()
 
 
 def frame_counts_seen(module: torch.nn.Module) -> list[int]:
