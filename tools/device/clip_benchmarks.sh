@@ -6,17 +6,15 @@
 #   bash tools/device/clip_benchmarks.sh one|four
 set -uo pipefail
 source tools/device/common.sh
-clip() {  # name, time limit, then bench_clip options
+clip() {  # name, time limit, then the bench_clip command
   local name=$1 limit=$2; shift 2
-  timeout "$limit" "$@" --preset full-random --size 960 --attention cudnn --out "$OUT/$name.json" \
-    --markdown "$OUT/rows.$name.md" --note "$name" > "$OUT/$name.txt" 2>&1
-  echo "$name rc=$?" | tee -a "$OUT/rc.txt"
+  logged "$name" "$limit" "$@" --preset full-random --size 960 --attention cudnn --out "$OUT/$name.json" \
+    --markdown "$OUT/rows.$name.md" --note "$name"
 }
 case "${1:-}" in
   one)
     (for module in engine.offload engine.quantize; do  # the CUDA paths of the low-memory and FP8 options
-       CUDA_VISIBLE_DEVICES=3 timeout 120 python3 -m $module --selfcheck > "$OUT/selfcheck_$module.txt" 2>&1
-       echo "selfcheck $module rc=$?" >> "$OUT/rc.txt"
+       CUDA_VISIBLE_DEVICES=3 logged "selfcheck_$module" 120 python3 -m $module --selfcheck
      done) &
     CUDA_VISIBLE_DEVICES=0 clip resident_960 300 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 &
     CUDA_VISIBLE_DEVICES=1 clip resident_t5_cpu_960 300 python3 -m engine.bench_clip --steps 1 --warmup-steps 0 \
@@ -31,6 +29,6 @@ case "${1:-}" in
       --warmup-steps 1 --compile ;;
   *) echo "usage: $0 one|four" >&2; exit 2 ;;
 esac
-cat "$OUT"/rows.*.md > "$OUT/rows.md"
-tail -n 3 "$OUT"/*.txt
-bundle rc.txt rows.md
+grep -h "^| 20" "$OUT"/rows.*.md >> "$summary"
+bundle summary.txt
+cat "$summary"

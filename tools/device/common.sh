@@ -1,8 +1,43 @@
-# Sourced by the device scripts: Duet from the unpacked .site (tools/device_pack.py), results under $OUT, and
-# `bundle` at the end, because a call brings back only a few files from $OUT: everything goes into one tarball.
-export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+# Sourced by the device scripts: Duet from the unpacked .site (tools/device_pack.py), results under $OUT, a summary
+# of what ran, and `bundle` at the end, because a call brings back only a few files from $OUT: everything goes into
+# one tarball beside the summary.
+export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1 DUET_CONFIG=$PWD/bot_config.toml
+mkdir -p "$OUT" var
+summary=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.csv"
+SAMPLE_PHOTOS=(--photo-a bot/samples/grace_hopper.jpg --photo-b bot/samples/astronaut.png)
+
+duet() { python3 -m bot "$@"; }
+
+logged() {  # name, time limit, command…: its output to $OUT/name.txt, "name rc=N" to the summary
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  echo "$name rc=$?" >> "$summary"
+}
+
+wait_for_jobs() {  # time limit, job ids…: until every job has finished (or the limit), then each one's state
+  local limit=$1 id; shift
+  SECONDS=0
+  for id in "$@"; do
+    until duet queue show "$id" --json | grep -qE '"state": "(succeeded|failed|dead|cancelled)"'; do
+      [ $SECONDS -gt "$limit" ] && break; sleep 2
+    done
+  done
+  for id in "$@"; do
+    echo "job $id: $(duet queue show "$id" --json | grep -oE '"state": "[a-z]+"') after ${SECONDS}s" >> "$summary"
+    duet queue show "$id" --json > "$OUT/job_${id:0:8}.json"
+  done
+}
+
+mp4_report() {  # MP4 paths…: video codec, rate, size and frames, audio codec, duration of each, to the summary
+  python3 - "$@" >> "$summary" 2>&1 <<'PY'
+import sys, av
+for path in sys.argv[1:]:
+    with av.open(path) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        print(path, v.codec_context.name, v.average_rate, v.width, v.height, v.frames, a.codec_context.name, c.duration / 1e6)
+PY
+}
 
 bundle() {  # $OUT/* -> $OUT/results.tar.gz (plus the short summary files named, kept beside it)
   local keep=("$@") staging

@@ -10,56 +10,35 @@
 #   bash tools/device/eight_gpus.sh steps8|steps1|clip|service
 set -uo pipefail
 source tools/device/common.sh
-summary=$OUT/summary.txt
 GPUS=${GPUS:-8} PRESET=${PRESET:-full-random}
-bench() {  # name, time limit, command…: its output to $OUT/name.txt, its rc to the summary
-  local name=$1 limit=$2; shift 2
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  echo "$name rc=$?" >> "$summary"
-}
 case "${1:-}" in
   steps8)
-    bench steps_8gpu 560 torchrun --standalone --nproc_per_node=8 -m engine.bench --sizes 640 960 --compile \
+    logged steps_8gpu 560 torchrun --standalone --nproc_per_node=8 -m engine.bench --sizes 640 960 --compile \
       --attention cudnn --out "$OUT/steps_8gpu.json" --markdown "$OUT/rows.md" --note "Ulysses x8, cuDNN + compiled blocks"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
   steps1)
-    bench steps_1gpu 560 python3 -m engine.bench --sizes 640 960 --compile --attention cudnn \
+    logged steps_1gpu 560 python3 -m engine.bench --sizes 640 960 --compile --attention cudnn \
       --out "$OUT/steps_1gpu.json" --markdown "$OUT/rows.md" --note "1 GPU baseline on the 8-GPU host"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
   clip)
-    bench clip_fsdp_960 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 960 --steps 2 \
+    logged clip_fsdp_960 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 960 --steps 2 \
       --warmup-steps 1 --attention cudnn --t5_fsdp --dit_fsdp --out "$OUT/clip_fsdp_960.json" \
       --markdown "$OUT/rows.md" --note "Ulysses x8 + T5/DiT FSDP"
-    bench clip_4step_640 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 640 --steps 4 \
+    logged clip_4step_640 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 640 --steps 4 \
       --passes 2 --warmup-steps 1 --attention cudnn --compile --fp8 --out "$OUT/clip_4step_640.json" \
       --markdown "$OUT/rows.md" --note "4-step mode, 8 GPUs, FP8"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary"
     python3 -c "import json,sys; [print(p, json.load(open(p))['peak_memory']) for p in sys.argv[1:]]" \
       "$OUT"/clip_*.json >> "$summary" 2>&1 ;;
   service)
-    export DUET_CONFIG=$PWD/bot_config.toml
-    mkdir -p var
     printf 'A: Hello there.\nB: Hi!\n' > "$OUT/script.txt"  # under 3.2 s of speech: one 81-frame chunk
-    S=bot/samples
-    SECONDS=0
-    id=$(python3 -m bot queue submit --photo-a $S/grace_hopper.jpg --photo-b $S/astronaut.png \
-      --script "$OUT/script.txt" --quality 720p --seed 1)
+    id=$(duet queue submit "${SAMPLE_PHOTOS[@]}" --script "$OUT/script.txt" --quality 720p --seed 1)
     fast=$([ "$PRESET" = tiny ] || echo "--attention cudnn --compile")
     ./run_engine.sh --gpus "$GPUS" --preset "$PRESET" $fast --worker_name eight > "$OUT/engine.log" 2>&1 &
     engine=$!
-    until python3 -m bot queue show "$id" --json | grep -qE '"state": "(succeeded|failed|dead)"'; do
-      [ $SECONDS -gt 540 ] && break; sleep 2
-    done
-    echo "job $id: $(python3 -m bot queue show "$id" --json | grep -oE '"state": "[a-z]+"') after ${SECONDS}s" >> "$summary"
-    python3 -m bot queue workers --drain eight > /dev/null; wait $engine
-    python3 -m bot queue show "$id" --json > "$OUT/job.json"
-    python3 - "$summary" <<'PY' >> "$summary" 2>&1
-import glob, av
-for path in glob.glob("var/media/*/result.mp4"):
-    with av.open(path) as c:
-        v, a = c.streams.video[0], c.streams.audio[0]
-        print(path, v.codec_context.name, v.average_rate, v.width, v.height, v.frames, a.codec_context.name, c.duration / 1e6)
-PY
+    wait_for_jobs 540 "$id"
+    duet queue workers --drain eight > /dev/null; wait $engine
+    mp4_report var/media/*/result.mp4
     grep -E "models loaded|rendered:" "$OUT/engine.log" >> "$summary" ;;
   *) echo "usage: $0 steps8|steps1|clip|service" >&2; exit 2 ;;
 esac
