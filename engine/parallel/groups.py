@@ -11,6 +11,7 @@ Run as one plain process (no torchrun), nothing is initialised and every group i
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,8 +19,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+logger = logging.getLogger(__name__)
+
 # A gloo group that waits this long is, for an operator, one that never times out.
 CONTROL_TIMEOUT = timedelta(days=3650)
+# How long a leaving rank waits for its peers before tearing the groups down anyway (one may be dead already).
+FAREWELL_TIMEOUT = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -109,5 +114,16 @@ def init_groups(collective_timeout_s: float = 600.0) -> ProcessGroups:
 
 
 def destroy_groups(groups: ProcessGroups) -> None:
-    if groups.is_distributed and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the engine: meet the peers on the control group, then tear every group down.
+
+    The meeting is what keeps a rank alive: a gloo broadcast's root returns before its peers have read, and a root
+    that destroyed the group under them would abort them ("terminate called without an active exception"). A peer
+    that is already gone (killed, crashed) only delays the others by `FAREWELL_TIMEOUT`.
+    """
+    if not (groups.is_distributed and dist.is_initialized()):
+        return
+    try:
+        dist.monitored_barrier(group=groups.control, timeout=FAREWELL_TIMEOUT)
+    except RuntimeError as error:  # a peer did not come: leave anyway
+        logger.warning("rank %d leaves without its peers: %s", groups.rank, str(error).splitlines()[0])
+    dist.destroy_process_group()

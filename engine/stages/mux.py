@@ -119,6 +119,7 @@ def _write_mp4(
             video.pix_fmt = "yuv420p"
             video.time_base = fractions.Fraction(1, fps)
             video.options = video_options
+            video.thread_type = "FRAME"  # x264's frame threads: PyAV's default, slices, scales worse over many cores
             if video_bitrate is not None:
                 video.bit_rate = video_bitrate
             sound = container.add_stream("aac", rate=AUDIO_RATE)
