@@ -41,7 +41,7 @@ import torch
 from engine.acceleration import is_compiled
 from engine.bench import _commit, gpu_name, insert_table_rows
 from engine.parallel.control import ControlChannel
-from engine.parallel.groups import ParallelConfig, ProcessGroups, destroy_groups, init_groups
+from engine.parallel.groups import ParallelConfig, destroy_groups, init_groups
 from engine.serve import Assignment, ServeOptions, StepGate, build_pipeline, make_request
 from engine.stages.clock import StageClock
 from engine.stages.mux import VIDEO_FPS

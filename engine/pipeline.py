@@ -32,10 +32,10 @@ from engine.guidance import GuidanceConfig
 from engine.offload import apply_low_memory
 from engine.presets import EngineModels, LoraFile, Placement, Preset, get_preset, load_models
 from engine.sampling import CancelCheck, default_shift
-from engine.stages.audio import encode_tracks, target_frame_count
+from engine.stages.audio import AudioFeatures, encode_tracks, target_frame_count
 from engine.stages.clock import ProgressCallback, StageClock, ignore_progress
 from engine.stages.conditioning import Conditioning, prepare_conditioning
-from engine.stages.mux import DEFAULT_CRF, VIDEO_FPS, fit_to_bytes, mux_mp4
+from engine.stages.mux import DEFAULT_CRF, VIDEO_FPS, Mp4Writer, fit_to_bytes
 from engine.stages.render import DiTVelocity, RenderConfig, VelocityFactory, render_video
 from engine.stages.speech import Speech, SpeechLine, run_speech
 from engine.stages.tts import KokoroTTS, load_tts, voice_lang_code
@@ -198,17 +198,32 @@ class RenderPipeline:
         on_progress(Stage.ENCODE, 0, 1)
         with clock.measure(Stage.ENCODE):
             conditioning = self._conditioning(request)
-        frames = render_video(
-            dit=models.dit, vae=models.vae, clip=models.clip, conditioning=conditioning, audio=audio,
-            config=self.render_config(spec.render), clock=clock, on_progress=on_progress,
-            is_cancel_requested=is_cancel_requested, make_velocity=self.make_velocity,
-        )  # fmt: skip
         if not request.writes_video:
+            frames = self._render_frames(conditioning, audio, spec, clock, on_progress, is_cancel_requested)
             return RenderOutput(
                 video_path=None, duration_s=frames.shape[0] / VIDEO_FPS, width=frames.shape[2], height=frames.shape[1],
                 num_frames=frames.shape[0], fitted_path=None, speech=speech, timings=clock.timings(),
             )  # fmt: skip
-        return self._write(request, frames, speech, clock, on_progress)
+        request.work_dir.mkdir(parents=True, exist_ok=True)
+        with Mp4Writer(
+            request.work_dir / FILE_NAMES["result"], speech.soundtrack, speech.soundtrack_rate, audio.num_frames,
+            crf=self.options.video_crf, preset=self.options.video_preset,
+        ) as writer:  # fmt: skip
+            self._render_frames(conditioning, audio, spec, clock, on_progress, is_cancel_requested, writer)
+            return self._write(request, writer, speech, clock, on_progress)
+
+    def _render_frames(
+        self, conditioning: Conditioning, audio: AudioFeatures, spec: JobSpec, clock: StageClock,
+        on_progress: ProgressCallback, is_cancel_requested: CancelCheck | None, writer: Mp4Writer | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The render stages proper (denoise, decode); the frames also go to `writer` as they are decoded."""
+        models = self.models
+        return render_video(
+            dit=models.dit, vae=models.vae, clip=models.clip, conditioning=conditioning, audio=audio,
+            config=self.render_config(spec.render), clock=clock, on_progress=on_progress,
+            is_cancel_requested=is_cancel_requested, make_velocity=self.make_velocity,
+            on_frames=None if writer is None else (lambda frames: writer.add(frames.numpy())),
+        )  # fmt: skip
 
     def _conditioning(self, request: RenderRequest) -> Conditioning:
         """The job's frame at the preset's size for its bucket, its boxes, and its scene, encoded."""
@@ -224,18 +239,15 @@ class RenderPipeline:
         )  # fmt: skip
 
     def _write(
-        self, request: RenderRequest, frames: torch.Tensor, speech: Speech, clock: StageClock,
+        self, request: RenderRequest, writer: Mp4Writer, speech: Speech, clock: StageClock,
         on_progress: ProgressCallback,
     ) -> RenderOutput:  # fmt: skip
-        """The mux stage: the MP4 (and the fitted copy the job asks for) in the work directory."""
+        """The mux stage: the rest of the MP4 that `writer` has been encoding since the first frames (and the
+        fitted copy the job asks for) in the work directory."""
         fit_bytes = request.spec.render.fit_bytes
         on_progress(Stage.MUX, 0, 1)
         with clock.measure(Stage.MUX):
-            request.work_dir.mkdir(parents=True, exist_ok=True)
-            video = mux_mp4(
-                frames.numpy(), speech.soundtrack, speech.soundtrack_rate, request.work_dir / FILE_NAMES["result"],
-                crf=self.options.video_crf, preset=self.options.video_preset,
-            )  # fmt: skip
+            video = writer.finish()
             fitted = None
             if fit_bytes is not None:
                 fitted = fit_to_bytes(video.path, fit_bytes, request.work_dir / FILE_NAMES["result_fitted"])

@@ -25,6 +25,7 @@ from torch.func import functional_call
 from engine.models.attention import DEFAULT_BACKEND, attention
 from engine.models.audio_proj import AudioProjConfig, AudioProjection
 
+
 @dataclass(frozen=True)
 class DiTConfig:
     """Defaults are Wan2.1-I2V-14B-480P's `config.json` plus MultiTalk's code defaults (spec §3.1)."""

@@ -26,7 +26,7 @@ No file I/O here: engine/weights.py reads `Wan2.1_VAE.pth` and renames its keys 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -115,10 +115,18 @@ class WanVAE(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, z, T, h, w] -> frames [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1]."""
+        return torch.cat(list(self.decode_stream(latents)), dim=2)
+
+    def decode_stream(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """`decode` in pieces as they are ready, in order: each latent frame's pixel frames [B, 3, 1 or 4, 8h, 8w]
+        (the tiled path yields the whole clip at once). Lets the caller encode the first frames while the VAE is
+        still decoding the last."""
         latents = latents / self.latents_inv_std.to(latents.dtype) + self.latents_mean.to(latents.dtype)
         if self.autoencoder.use_tiling:
-            return self.autoencoder.decode(latents).sample
-        return self._decode_frames(latents).clamp_(-1.0, 1.0)  # in place: a 960×960 clip is 0.9 GB of fp32
+            yield self.autoencoder.decode(latents).sample
+            return
+        for frames in self._decode_frames(latents):
+            yield frames.clamp_(-1.0, 1.0)
 
     def _encode_chunks(self, video: torch.Tensor) -> torch.Tensor:
         """`AutoencoderKLWan._encode` and the posterior mean, the per-frame layers one frame at a time (and, with
@@ -150,16 +158,16 @@ class WanVAE(nn.Module):
         moments = self.autoencoder.quant_conv(torch.cat(latents, dim=2))
         return moments[:, : self.config.z_dim]  # the mean half of the diagonal Gaussian's parameters
 
-    def _decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        """`AutoencoderKLWan._decode` without the clamp, the per-frame up blocks and head one frame at a time (and,
-        with `row_bands`, everything after the mid block on this rank's band of rows)."""
+    def _decode_frames(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """`AutoencoderKLWan._decode` without the clamp, one latent frame's pixels at a time: the per-frame up blocks
+        and head one frame at a time (and, with `row_bands`, everything after the mid block on this rank's band of
+        rows, gathered per latent frame)."""
         decoder, cache = self.autoencoder.decoder, CausalCache(self.autoencoder.decoder)
         per_frame = per_frame_suffix(decoder)
         shared_blocks = decoder.up_blocks[: len(decoder.up_blocks) - per_frame]
         rows = latents.shape[3]
         band = None if self.row_bands is None else self.row_bands.window(rows, decoder_halo(decoder))
         x = self.autoencoder.post_quant_conv(latents)
-        frames = []
         for index, latent in enumerate(x.split(1, dim=2)):
             first = index == 0
             cache.restart()
@@ -169,14 +177,14 @@ class WanVAE(nn.Module):
                 y = y[:, :, :, band.top : band.bottom]
             for block in shared_blocks:
                 y = block(y, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
-            resume = cache.index[0]
+            resume, frames = cache.index[0], []
             for frame in y.split(1, dim=2):
                 cache.index[0] = resume
                 for block in decoder.up_blocks[len(shared_blocks) :]:
                     frame = block(frame, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
                 frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(frame))))
-        video = torch.cat(frames, dim=2)
-        return video if band is None else band.gather(video, scale=self.config.spatial_stride)
+            pixels = torch.cat(frames, dim=2)
+            yield pixels if band is None else band.gather(pixels, scale=self.config.spatial_stride)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fractions
 import os
+import queue
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -90,8 +92,8 @@ def fit_audio(audio: np.ndarray, sample_rate: int, num_frames: int, fps: int = V
     return np.pad(resampled[:length], (0, max(0, length - resampled.shape[0])))
 
 
-def _video_frames(frames: np.ndarray, fps: int) -> Iterator[av.VideoFrame]:
-    for index, pixels in enumerate(frames):
+def _video_frames(frames: np.ndarray, fps: int, first_index: int = 0) -> Iterator[av.VideoFrame]:
+    for index, pixels in enumerate(frames, start=first_index):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
         frame.pts, frame.time_base = index, fractions.Fraction(1, fps)
         yield frame
@@ -165,6 +167,101 @@ def mux_mp4(
         video_bitrate=None, audio_bitrate=audio_bitrate,
     )  # fmt: skip
     return probe(path)
+
+
+class Mp4Writer:
+    """`mux_mp4` while the frames are still being made: `add` hands frames over as they come, a thread encodes them
+    meanwhile, and `finish` adds the audio and returns the written MP4, so that little of x264's time is left once
+    the last frame exists. `abort` (or leaving a `with` block on an exception) drops the file.
+
+    The audio is known before the frames (speech comes first), and so is their number: `soundtrack` is fitted to
+    `num_frames / fps` s up front, and `finish` refuses any other count.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        soundtrack: np.ndarray,
+        sample_rate: int,
+        num_frames: int,
+        *,
+        fps: int = VIDEO_FPS,
+        crf: int = DEFAULT_CRF,
+        preset: str = "medium",
+        audio_bitrate: int = DEFAULT_AUDIO_BITRATE,
+    ) -> None:
+        self.path = Path(path)
+        self._audio = fit_audio(soundtrack, sample_rate, num_frames, fps)
+        self._num_frames = num_frames
+        self._fps = fps
+        self._settings = {"crf": str(crf), "preset": preset}
+        self._audio_bitrate = audio_bitrate
+        self._pieces: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._added = 0  # frames handed over
+        self._written = 0  # frames given to the encoder
+        self._aborted = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None  # started by the first frames, which give the size
+
+    def add(self, frames: np.ndarray) -> None:
+        """uint8 frames [n, H, W, 3], the next ones of the video (kept, not copied: do not change them after)."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames [n, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._encode, args=(frames.shape[1:3],), name="mp4-writer")
+            self._thread.start()
+        self._added += frames.shape[0]
+        self._pieces.put(frames)
+
+    def finish(self) -> VideoInfo:
+        """Wait for the encoder, add the audio, move the file into place; what was written."""
+        if self._added != self._num_frames:
+            self.abort()
+            raise ValueError(f"the MP4 was announced with {self._num_frames} frames and got {self._added}")
+        self._join()
+        if self._error is not None:
+            raise self._error
+        return probe(self.path)
+
+    def abort(self) -> None:
+        """Stop encoding and leave no file behind."""
+        self._aborted = True
+        self._join()
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._pieces.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _frames(self) -> Iterator[av.VideoFrame]:
+        while (frames := self._pieces.get()) is not None:
+            yield from _video_frames(frames, self._fps, first_index=self._written)
+            self._written += frames.shape[0]
+        if self._aborted:
+            raise _Aborted  # through _write_mp4, which removes its temporary file
+
+    def _encode(self, size: tuple[int, int]) -> None:
+        try:
+            _write_mp4(
+                self.path, self._frames(), self._audio, size=size, fps=self._fps, video_options=self._settings,
+                video_bitrate=None, audio_bitrate=self._audio_bitrate,
+            )  # fmt: skip
+        except _Aborted:
+            pass
+        except BaseException as error:  # handed to finish(); frames added after it are dropped with the writer
+            self._error = error
+
+
+class _Aborted(Exception):
+    """Ends an aborted `Mp4Writer`'s frames."""
 
 
 def _decoded_audio(source: Path, length: int) -> np.ndarray:

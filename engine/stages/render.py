@@ -25,9 +25,11 @@ from engine.sampling import CancelCheck, FlowMatchEulerScheduler, initial_noise,
 from engine.stages.audio import AudioFeatures
 from engine.stages.clock import ProgressCallback, StageClock
 from engine.stages.conditioning import Conditioning, encode_image_condition
-from engine.stages.decode import decode_chunk, to_uint8_frames
+from engine.stages.decode import decode_pieces, to_uint8_frames
 from engine.streaming import ChunkPlan, chunk_audio, match_colors, plan_chunks
 from storage.contract import Stage
+
+FrameSink = Callable[[torch.Tensor], None]  # uint8 frames [n, H, W, 3] on the CPU, in order
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,14 @@ def render_video(
     on_progress: ProgressCallback,
     is_cancel_requested: CancelCheck | None = None,
     make_velocity: VelocityFactory = DiTVelocity,
+    on_frames: FrameSink | None = None,
 ) -> torch.Tensor:
     """Denoise and decode every chunk -> the video as uint8 frames [audio.num_frames, H, W, 3] on the CPU.
 
-    Progress: (RENDER, steps done, steps of all chunks) after every sampler step, (ENCODE / DECODE, chunks done,
-    chunks) around them. A cancel request raises `RenderCancelled` before the next sampler step.
+    `on_frames` receives the same frames in order, a few at a time as the VAE decodes them (the MP4 encoder
+    compresses them meanwhile). Progress: (RENDER, steps done, steps of all chunks) after every sampler step,
+    (ENCODE / DECODE, chunks done, chunks) around them. A cancel request raises `RenderCancelled` before the next
+    sampler step.
     """
     plan = plan_render(audio, config)
     device = conditioning.reference.device
@@ -118,7 +123,8 @@ def render_video(
     image_condition = conditioning.first_chunk
     motion_frames = conditioning.reference[:, None]  # replaced by each chunk's last decoded frames
     latent_shape = (dit.config.out_dim, *image_condition.cond_latents.shape[-3:])
-    pieces: list[torch.Tensor] = []
+    pieces: list[torch.Tensor] = []  # uint8 frames on the CPU, cut to the audio's length
+    generated = 0  # new frames decoded, before that cut
     for chunk in plan.chunks:
         if chunk.index > 0:
             with clock.measure(Stage.ENCODE):
@@ -152,12 +158,20 @@ def render_video(
                 is_cancel_requested=is_cancel_requested,
             )
         with clock.measure(Stage.DECODE):
-            video = decode_chunk(vae, latent)
-            video = match_colors(video, conditioning.reference, config.color_correction_strength)
-            pieces.append(to_uint8_frames(video[:, chunk.new_frames]).cpu())
-            motion_frames = video[:, -plan.motion_frames :]
+            decoded: list[torch.Tensor] = []
+            for piece in decode_pieces(vae, latent):
+                piece = match_colors(piece, conditioning.reference, config.color_correction_strength)
+                repeated = max(0, chunk.new_frames.start - sum(done.shape[1] for done in decoded))  # motion frames
+                decoded.append(piece)
+                new = piece[:, repeated:]
+                kept = new[:, : max(0, audio.num_frames - generated)]  # the last chunk runs past the audio's end
+                generated += new.shape[1]
+                if kept.shape[1]:
+                    pieces.append(to_uint8_frames(kept).cpu())
+                    if on_frames is not None:
+                        on_frames(pieces[-1])
+            motion_frames = torch.cat(decoded, dim=1)[:, -plan.motion_frames :]
         on_progress(Stage.DECODE, chunk.index + 1, len(plan.chunks))
-    frames = torch.cat(pieces)
-    if frames.shape[0] != plan.generated_frames:
-        raise RuntimeError(f"rendered {frames.shape[0]} frames, the plan has {plan.generated_frames}")
-    return frames[: audio.num_frames]
+    if generated != plan.generated_frames:
+        raise RuntimeError(f"rendered {generated} frames, the plan has {plan.generated_frames}")
+    return torch.cat(pieces)

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from engine.stages.mux import AUDIO_RATE, FitError, fit_audio, fit_to_bytes, mux_mp4, probe
+from engine.stages.mux import AUDIO_RATE, FitError, Mp4Writer, fit_audio, fit_to_bytes, mux_mp4, probe
 
 SAMPLE_RATE = 16000
 
@@ -127,3 +127,45 @@ def test_an_impossible_budget_is_refused(tmp_path):
         fit_to_bytes(source.path, 2_000, tmp_path / "tiny.mp4")
     assert not (tmp_path / "tiny.mp4").exists()
     assert probe(source.path).num_frames == 50
+
+
+def test_frames_handed_over_in_pieces_make_the_same_video_as_all_at_once(tmp_path):
+    frames, tone = _frames(37), _tone(1.48)
+    whole = mux_mp4(frames, tone, SAMPLE_RATE, tmp_path / "whole.mp4")
+    with Mp4Writer(tmp_path / "pieces.mp4", tone, SAMPLE_RATE, 37) as writer:
+        bounds = [0, 1, 5, 9, 21, 33, 37]  # a first frame, then groups of 4 like the VAE's, then bigger ones
+        for start, end in zip(bounds, bounds[1:]):
+            writer.add(frames[start:end])
+        streamed = writer.finish()
+    assert (streamed.num_frames, streamed.width, streamed.height) == (whole.num_frames, whole.width, whole.height)
+    assert streamed.duration_s == pytest.approx(whole.duration_s, abs=1e-6)
+    streamed_frames, streamed_audio = _decode(streamed.path)
+    whole_frames, whole_audio = _decode(whole.path)
+    # x264 with threads is not bit-repeatable, but the same frames at the same quality decode alike.
+    assert np.abs(streamed_frames.astype(int) - whole_frames.astype(int)).mean() < 1.0
+    assert np.abs(streamed_frames.astype(int) - frames.astype(int)).mean() < 6.0
+    np.testing.assert_allclose(streamed_audio, whole_audio, atol=1e-4)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_writer_left_on_an_error_leaves_no_file(tmp_path):
+    target = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="render failed"), Mp4Writer(target, _tone(1.0), SAMPLE_RATE, 25) as writer:
+        writer.add(_frames(8))
+        raise RuntimeError("render failed")
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_writer_given_another_number_of_frames_than_announced_refuses_and_leaves_no_file(tmp_path):
+    writer = Mp4Writer(tmp_path / "out.mp4", _tone(1.0), SAMPLE_RATE, 25)
+    writer.add(_frames(24))
+    with pytest.raises(ValueError, match="25 frames and got 24"):
+        writer.finish()
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_encoder_error_reaches_finish(tmp_path):
+    writer = Mp4Writer(tmp_path / "missing" / "out.mp4", _tone(0.4), SAMPLE_RATE, 10)  # no such directory
+    writer.add(_frames(10))
+    with pytest.raises(OSError):
+        writer.finish()

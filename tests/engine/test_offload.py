@@ -16,9 +16,9 @@ from torch import nn
 from engine.models.dit import DiTConfig, MultiTalkDiT
 from engine.offload import (
     BlockStreamer,
-    apply_low_memory,
     OnCallPlacement,
     PackedWeights,
+    apply_low_memory,
     offload_between_stages,
     resident_block_count,
     resident_bytes,

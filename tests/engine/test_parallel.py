@@ -83,6 +83,7 @@ def _render_main(report_path: str) -> None:
     from engine.parallel.groups import ParallelConfig, destroy_groups, init_groups
     from engine.parallel.sequence import ULYSSES_BACKEND
     from engine.serve import ServeOptions, build_pipeline
+    from engine.stages.mux import Mp4Writer
     from engine.stages.render import DiTVelocity
     from storage.contract import Box, Inputs, JobSpec, Line, MediaRef, RenderSettings, Requester
     from storage.settings import Settings
@@ -94,9 +95,9 @@ def _render_main(report_path: str) -> None:
         frame_num=None, sample_shift=None, offload_model=False, time_limit_s=None, worker_name=None,
     )  # fmt: skip
     pipeline = build_pipeline(options, Settings(), groups)
-    frames: list[np.ndarray] = []
-    encode = pipeline_module.mux_mp4
-    pipeline_module.mux_mp4 = lambda video, *rest, **named: frames.append(video.copy()) or encode(video, *rest, **named)
+    pieces: dict[Path, list[np.ndarray]] = {}  # the frames handed to each MP4 writer
+    add = Mp4Writer.add
+    Mp4Writer.add = lambda writer, video: pieces.setdefault(writer.path, []).append(video.copy()) or add(writer, video)
     calls = []
     ulysses = pipeline.make_velocity(pipeline.models.dit, None).dit.ulysses
     register_attention_backend(ULYSSES_BACKEND, lambda *qkv: calls.append(1) or ulysses(*qkv))
@@ -130,6 +131,7 @@ def _render_main(report_path: str) -> None:
             block.self_attn.attention_backend = "sdpa"
         render("single")
     if groups.rank == 0:
+        frames = [np.concatenate(video) for video in pieces.values()]
         error = float(np.abs(frames[0].astype(np.float64) - frames[1].astype(np.float64)).max())
         results = {"frames": int(frames[0].shape[0]), "ulysses_calls": parallel_calls, "max_error": error,
                    "vae_bands": vae_bands}  # fmt: skip

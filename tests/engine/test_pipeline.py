@@ -7,6 +7,7 @@ features, umT5/CLIP/VAE conditioning, the chunked MultiTalk sampler, VAE decode 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import av
 import numpy as np
@@ -18,7 +19,7 @@ from engine.cache import TeaCache
 from engine.pipeline import PipelineOptions, RenderPipeline, RenderRefused, RenderRequest, speech_lines
 from engine.presets import LoraFile
 from engine.sampling import RenderCancelled
-from engine.stages.mux import mux_mp4
+from engine.stages.mux import Mp4Writer
 from engine.stages.render import DiTVelocity
 from storage.contract import (
     Box,
@@ -155,19 +156,42 @@ def test_a_long_dialogue_streams_over_two_chunks(pipeline, frame_path, long_spee
     assert _decoded_frames(output.video_path).shape[0] == output.num_frames
 
 
-def test_same_seed_same_video_other_seed_other_video(pipeline, frame_path, long_speech, tmp_path, monkeypatch):
-    """The frames handed to the encoder are compared: x264's bytes for the same frames vary between runs."""
-    encoded = []
+@pytest.fixture
+def encoded(monkeypatch):
+    """The frames each MP4 writer is handed, one array per video in order of writing (compared instead of the files:
+    x264's bytes for the same frames vary between runs)."""
+    pieces: dict[Path, list[np.ndarray]] = {}
+    add = Mp4Writer.add
 
-    def recording_mux(frames, *args, **kwargs):
-        encoded.append(frames.copy())
-        return mux_mp4(frames, *args, **kwargs)
+    def recording_add(writer: Mp4Writer, frames: np.ndarray) -> None:
+        pieces.setdefault(writer.path, []).append(frames.copy())
+        add(writer, frames)
 
-    monkeypatch.setattr("engine.pipeline.mux_mp4", recording_mux)
+    monkeypatch.setattr(Mp4Writer, "add", recording_add)
+    return lambda: [np.concatenate(video) for video in pieces.values()]
+
+
+def test_frames_reach_the_encoder_while_the_vae_decodes(pipeline, frame_path, long_speech, tmp_path, monkeypatch):
+    events = []
+    add = Mp4Writer.add
+    monkeypatch.setattr(Mp4Writer, "add", lambda writer, frames: events.append(len(frames)) or add(writer, frames))
+    request = RenderRequest(spec=job(*LONG, steps=1), frame_path=frame_path, work_dir=tmp_path)
+
+    def on_progress(stage: Stage, done: int, total: int) -> None:
+        if stage == Stage.DECODE:
+            events.append(f"decoded {done}/{total}")
+
+    output = pipeline.render_speech(request, long_speech, on_progress=on_progress)
+    first_chunk = events[: events.index("decoded 1/2")]
+    assert first_chunk[0] == 1 and set(first_chunk[1:]) == {4}  # one piece per latent frame, before the chunk ends
+    assert sum(event for event in events if isinstance(event, int)) == output.num_frames
+
+
+def test_same_seed_same_video_other_seed_other_video(pipeline, frame_path, long_speech, tmp_path, encoded):
     for seed, name in ((7, "a"), (7, "b"), (8, "c")):
         request = RenderRequest(spec=job(*LONG, steps=1, seed=seed), frame_path=frame_path, work_dir=tmp_path / name)
         pipeline.render_speech(request, long_speech)
-    first, again, other = encoded
+    first, again, other = encoded()
     assert np.array_equal(first, again)
     assert first.shape == other.shape and not np.array_equal(first, other)
 
@@ -189,16 +213,9 @@ def test_cancel_stops_at_a_step_boundary(pipeline, frame_path, long_speech, tmp_
     assert not (tmp_path / "result.mp4").exists()
 
 
-def test_low_memory_options_render_the_same_frames(pipeline, frame_path, short_speech, tmp_path, monkeypatch):
+def test_low_memory_options_render_the_same_frames(pipeline, frame_path, short_speech, tmp_path, encoded):
     """One DiT block kept, the other streamed (CPU to CPU here: it runs on a copy of its weights); --offload_model
     does nothing on a CPU device."""
-    encoded = []
-
-    def recording_mux(frames, *args, **kwargs):
-        encoded.append(frames.copy())
-        return mux_mp4(frames, *args, **kwargs)
-
-    monkeypatch.setattr("engine.pipeline.mux_mp4", recording_mux)
     dit = pipeline.models.dit
     one_block = sum(p.numel() for p in dit.parameters()) - sum(p.numel() for p in dit.blocks[1:].parameters())
     options = PipelineOptions(persistent_dit_params=one_block, offload_models=True)
@@ -210,7 +227,7 @@ def test_low_memory_options_render_the_same_frames(pipeline, frame_path, short_s
     for name, renderer in (("default", pipeline), ("low_memory", low_memory)):
         request = RenderRequest(spec=job(*SHORT, steps=1), frame_path=frame_path, work_dir=tmp_path / name)
         renderer.render_speech(request, short_speech)
-    default, streamed = encoded
+    default, streamed = encoded()
     assert np.array_equal(default, streamed)
     assert running and home not in running and streamed_weight.data_ptr() == home
 
