@@ -16,17 +16,17 @@ each of those layers at once; one at a time took a whole 960×960 job's peak on 
 (docs/benchmarks.md), for about a fifth more VAE time.
 
 With `row_bands` set (several ranks; engine/parallel/vae_rows.py), each rank runs the layers outside the mid
-blocks for its band of rows only, widened by a halo as deep as those layers see, and the bands are gathered: the
-mid blocks' attention sees the whole frame, everything else is 3×3 convolutions, per-pixel norms and nearest
-upsampling, so rows beyond the halo cannot reach the band.
+blocks for its band of rows only: before each 3×3 convolution there, the rows just beyond the band come from the
+neighbouring ranks (one row each side, a few kilobytes), so every rank computes its rows exactly, with no overlap;
+the bands are gathered where the mid blocks' attention needs the whole frame, and at the end.
 
 No file I/O here: engine/weights.py reads `Wan2.1_VAE.pth` and renames its keys for this module.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -134,27 +134,28 @@ class WanVAE(nn.Module):
         encoder, cache = self.autoencoder.encoder, CausalCache(self.autoencoder.encoder)
         per_frame = per_frame_prefix(encoder)
         scale, rows = self.config.spatial_stride, video.shape[3] // self.config.spatial_stride
-        band = None if self.row_bands is None else self.row_bands.window(rows, encoder_halo(encoder, scale))
-        if band is not None:
-            video = video[:, :, :, band.top * scale : band.bottom * scale]
-        stride = self.config.temporal_stride
-        chunks = [video[:, :, :1], *video[:, :, 1:].split(stride, dim=2)]
-        latents = []
-        for chunk in chunks:
-            frames = []
-            for frame in chunk.split(1, dim=2):
-                cache.restart()
-                x = cache.conv(encoder.conv_in, frame)
-                for layer in encoder.down_blocks[:per_frame]:
+        with _banded(self.row_bands, [encoder.conv_in, *encoder.down_blocks]) as bands:
+            if bands is not None:
+                low, high = bands.span(rows)
+                video = video[:, :, :, low * scale : high * scale]
+            stride = self.config.temporal_stride
+            chunks = [video[:, :, :1], *video[:, :, 1:].split(stride, dim=2)]
+            latents = []
+            for chunk in chunks:
+                frames = []
+                for frame in chunk.split(1, dim=2):
+                    cache.restart()
+                    x = cache.conv(encoder.conv_in, frame)
+                    for layer in encoder.down_blocks[:per_frame]:
+                        x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
+                    frames.append(x)
+                x = torch.cat(frames, dim=2)
+                for layer in encoder.down_blocks[per_frame:]:
                     x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
-                frames.append(x)
-            x = torch.cat(frames, dim=2)
-            for layer in encoder.down_blocks[per_frame:]:
-                x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
-            if band is not None:  # the mid block's attention needs every row
-                x = band.gather(x, scale=1)
-            x = encoder.mid_block(x, feat_cache=cache.slots, feat_idx=cache.index)
-            latents.append(cache.conv(encoder.conv_out, encoder.nonlinearity(encoder.norm_out(x))))
+                if bands is not None:  # the mid block's attention needs every row
+                    x = bands.join(x, rows)
+                x = encoder.mid_block(x, feat_cache=cache.slots, feat_idx=cache.index)
+                latents.append(cache.conv(encoder.conv_out, encoder.nonlinearity(encoder.norm_out(x))))
         moments = self.autoencoder.quant_conv(torch.cat(latents, dim=2))
         return moments[:, : self.config.z_dim]  # the mean half of the diagonal Gaussian's parameters
 
@@ -166,86 +167,112 @@ class WanVAE(nn.Module):
         per_frame = per_frame_suffix(decoder)
         shared_blocks = decoder.up_blocks[: len(decoder.up_blocks) - per_frame]
         rows = latents.shape[3]
-        band = None if self.row_bands is None else self.row_bands.window(rows, decoder_halo(decoder))
         x = self.autoencoder.post_quant_conv(latents)
-        for index, latent in enumerate(x.split(1, dim=2)):
-            first = index == 0
-            cache.restart()
-            y = cache.conv(decoder.conv_in, latent)
-            y = decoder.mid_block(y, feat_cache=cache.slots, feat_idx=cache.index)
-            if band is not None:
-                y = y[:, :, :, band.top : band.bottom]
-            for block in shared_blocks:
-                y = block(y, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
-            resume, frames = cache.index[0], []
-            for frame in y.split(1, dim=2):
-                cache.index[0] = resume
-                for block in decoder.up_blocks[len(shared_blocks) :]:
-                    frame = block(frame, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
-                frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(frame))))
-            pixels = torch.cat(frames, dim=2)
-            yield pixels if band is None else band.gather(pixels, scale=self.config.spatial_stride)
+        with _banded(self.row_bands, [*decoder.up_blocks, decoder.conv_out]) as bands:
+            low, high = (0, rows) if bands is None else bands.span(rows)
+            for index, latent in enumerate(x.split(1, dim=2)):
+                first = index == 0
+                cache.restart()
+                y = cache.conv(decoder.conv_in, latent)
+                y = decoder.mid_block(y, feat_cache=cache.slots, feat_idx=cache.index)[:, :, :, low:high]
+                for block in shared_blocks:
+                    y = block(y, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
+                resume, frames = cache.index[0], []
+                for frame in y.split(1, dim=2):
+                    cache.index[0] = resume
+                    for block in decoder.up_blocks[len(shared_blocks) :]:
+                        frame = block(frame, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
+                    frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(frame))))
+                pixels = torch.cat(frames, dim=2)
+                yield pixels if bands is None else bands.join(pixels, rows, self.config.spatial_stride)
 
 
 @dataclass(frozen=True)
 class RowBands:
-    """The VAE's rows shared by `count` ranks (engine/parallel/vae_rows.py makes one from a process group).
-    `gather(piece, dim, sizes)` returns every rank's piece joined along `dim` in rank order (`sizes`: their
-    lengths)."""
+    """The VAE's rows shared by `count` ranks, in contiguous bands in rank order (engine/parallel/vae_rows.py makes
+    one from a process group). `all_gather(t)` returns every rank's `t`, all of one shape, in rank order."""
 
     index: int
     count: int
-    gather: Callable[[torch.Tensor, int, list[int]], torch.Tensor]
+    all_gather: Callable[[torch.Tensor], list[torch.Tensor]]
 
-    def window(self, rows: int, halo: int) -> RowWindow:
-        """This rank's band of `rows` latent rows, widened by `halo` rows on each side within the frame."""
+    def span(self, rows: int) -> tuple[int, int]:
+        """This rank's band [low, high) of `rows` rows."""
         sizes = split_sizes(rows, self.count)
         low = sum(sizes[: self.index])
-        high = low + sizes[self.index]
-        return RowWindow(self, sizes, low, high, max(0, low - halo), min(rows, high + halo))
+        return low, low + sizes[self.index]
+
+    def join(self, band: torch.Tensor, rows: int, scale: int = 1) -> torch.Tensor:
+        """The whole frame (dim 3) from every rank's band of its `rows` rows, at `scale` rows per row (the bands
+        are padded to the longest for the gather)."""
+        sizes = [size * scale for size in split_sizes(rows, self.count)]
+        padding = list(band.shape)
+        padding[3] = max(sizes) - band.shape[3]
+        every = self.all_gather(torch.cat([band, band.new_zeros(padding)], dim=3).contiguous())
+        return torch.cat([piece.narrow(3, 0, size) for piece, size in zip(every, sizes, strict=True)], dim=3)
+
+    def neighbour_rows(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The row just above this band along `dim` (the previous rank's last) and the row just below it (the next
+        rank's first); None at the frame's top and bottom."""
+        edges = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, x.shape[dim] - 1, 1)], dim=dim).contiguous()
+        every = self.all_gather(edges)
+        above = every[self.index - 1].narrow(dim, 1, 1) if self.index > 0 else None
+        below = every[self.index + 1].narrow(dim, 0, 1) if self.index + 1 < self.count else None
+        return above, below
 
 
-@dataclass(frozen=True)
-class RowWindow:
-    """One rank's band [low, high) and its computed rows [top, bottom), in latent rows."""
+@contextmanager
+def _banded(bands: RowBands | None, layers: list[nn.Module]) -> Iterator[RowBands | None]:
+    """While inside, the 3×3 convolutions in `layers` compute a band of rows exactly: each gets the rows just
+    beyond its input's band from the neighbouring ranks, and what those rows add to its output is cut off again
+    (a stride-2 downsampling's bottom zero row is replaced by the next band's first row instead)."""
+    if bands is None:
+        yield None
+        return
+    added: dict[nn.Module, tuple[int, int]] = {}
 
-    bands: RowBands
-    sizes: list[int]
-    low: int
-    high: int
-    top: int
-    bottom: int
+    def widen(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        dim = x.ndim - 2
+        above, below = bands.neighbour_rows(x, dim)
+        added[module] = (int(above is not None), int(below is not None))
+        return torch.cat([row for row in (above, x, below) if row is not None], dim=dim)
 
-    def gather(self, computed: torch.Tensor, *, scale: int) -> torch.Tensor:
-        """The whole frame from every rank's `computed` rows (dim 3, `scale` rows per latent row): the halo is cut
-        off and the bands joined."""
-        band = computed[:, :, :, (self.low - self.top) * scale : (self.high - self.top) * scale].contiguous()
-        return self.bands.gather(band, 3, [size * scale for size in self.sizes])
+    def before_causal(module: WanCausalConv3d, args: tuple) -> tuple:
+        x, cache = args[0], args[1] if len(args) > 1 else None
+        if cache is None or module._padding[4] == 0:  # the convolution ignores a cache it does not pad with
+            return (widen(module, x), *args[1:])
+        wide = widen(module, torch.cat([cache.to(x.device), x], dim=2))  # one exchange for both
+        return wide[:, :, cache.shape[2] :], wide[:, :, : cache.shape[2]]
 
+    def before_conv2d(module: nn.Conv2d, args: tuple) -> tuple:
+        return (widen(module, args[0]),)
 
-def decoder_halo(decoder: nn.Module) -> int:
-    """Latent rows the decoder's layers after the mid block see beyond a band's edge: every 3×3 convolution
-    reaches one row at its own scale (counted at the coarser scale after an upsampling, which can round it up),
-    plus a row of margin."""
-    reach, scale = 0.0, 1
-    for block in decoder.up_blocks:
-        reach += 2 * len(block.resnets) / scale  # two 3×3 convolutions per residual block
-        if block.upsamplers is not None:
-            reach += 1 / scale
-            scale *= 2
-    reach += 1 / scale  # conv_out
-    return math.ceil(reach) + 1
+    def before_downsample(module: nn.Conv2d, args: tuple) -> tuple | None:
+        x = args[0]  # zero-padded by one row at the bottom (and one column at the right)
+        band = x.narrow(2, 0, x.shape[2] - 1)
+        _, below = bands.neighbour_rows(band, 2)
+        return None if below is None else (torch.cat([band, below], dim=2),)
 
+    def after(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        top, bottom = added.pop(module)
+        dim = output.ndim - 2
+        return output.narrow(dim, top, output.shape[dim] - top - bottom)
 
-def encoder_halo(encoder: nn.Module, spatial_stride: int) -> int:
-    """Latent rows the encoder's layers before the mid block see beyond a band's edge: in pixels, conv_in and every
-    3×3 convolution reach one row at their scale and a stride-2 downsampling two; plus a row of margin."""
-    reach, scale = 1, 1  # conv_in
-    for layer in encoder.down_blocks:
-        reach += 2 * scale  # a residual block's two 3×3 convolutions, or a downsampling's reach
-        if isinstance(layer, WanResample):
-            scale *= 2
-    return math.ceil(reach / spatial_stride) + 1
+    handles = []
+    for layer in layers:
+        for module in layer.modules():
+            if isinstance(module, WanCausalConv3d) and module._padding[2] > 0:
+                handles += [module.register_forward_pre_hook(before_causal), module.register_forward_hook(after)]
+            elif isinstance(module, WanResample) and module.mode.startswith("upsample"):
+                conv = module.resample[1]
+                handles += [conv.register_forward_pre_hook(before_conv2d), conv.register_forward_hook(after)]
+            elif isinstance(module, WanResample) and module.mode.startswith("downsample"):
+                handles.append(module.resample[1].register_forward_pre_hook(before_downsample))
+    try:
+        yield bands
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class CausalCache:
