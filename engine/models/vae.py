@@ -18,7 +18,8 @@ each of those layers at once; one at a time took a whole 960×960 job's peak on 
 With `row_bands` set (several ranks; engine/parallel/vae_rows.py), each rank runs the layers outside the mid
 blocks for its band of rows only: before each 3×3 convolution there, the rows just beyond the band come from the
 neighbouring ranks (one row each side, a few kilobytes), so every rank computes its rows exactly, with no overlap;
-the bands are gathered where the mid blocks' attention needs the whole frame, and at the end.
+the bands are gathered where the mid blocks' attention needs the whole frame, and at the end. A band is a fraction
+of the frame, so the per-frame layers then take a whole chunk's frames at once again, which is faster.
 
 No file I/O here: engine/weights.py reads `Wan2.1_VAE.pth` and renames its keys for this module.
 """
@@ -129,8 +130,8 @@ class WanVAE(nn.Module):
             yield frames.clamp_(-1.0, 1.0)
 
     def _encode_chunks(self, video: torch.Tensor) -> torch.Tensor:
-        """`AutoencoderKLWan._encode` and the posterior mean, the per-frame layers one frame at a time (and, with
-        `row_bands`, the layers before the mid block on this rank's band of rows)."""
+        """`AutoencoderKLWan._encode` and the posterior mean, the per-frame layers one frame at a time (or, with
+        `row_bands`, the layers before the mid block on this rank's band of rows, a chunk at a time)."""
         encoder, cache = self.autoencoder.encoder, CausalCache(self.autoencoder.encoder)
         per_frame = per_frame_prefix(encoder)
         scale, rows = self.config.spatial_stride, video.shape[3] // self.config.spatial_stride
@@ -143,9 +144,9 @@ class WanVAE(nn.Module):
             latents = []
             for chunk in chunks:
                 frames = []
-                for frame in chunk.split(1, dim=2):
+                for group in chunk.split(1 if bands is None else stride, dim=2):
                     cache.restart()
-                    x = cache.conv(encoder.conv_in, frame)
+                    x = cache.conv(encoder.conv_in, group)
                     for layer in encoder.down_blocks[:per_frame]:
                         x = layer(x, feat_cache=cache.slots, feat_idx=cache.index)
                     frames.append(x)
@@ -161,8 +162,8 @@ class WanVAE(nn.Module):
 
     def _decode_frames(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """`AutoencoderKLWan._decode` without the clamp, one latent frame's pixels at a time: the per-frame up blocks
-        and head one frame at a time (and, with `row_bands`, everything after the mid block on this rank's band of
-        rows, gathered per latent frame)."""
+        and head one frame at a time (or, with `row_bands`, everything after the mid block on this rank's band of
+        rows, all of a latent frame's frames at once, gathered per latent frame)."""
         decoder, cache = self.autoencoder.decoder, CausalCache(self.autoencoder.decoder)
         per_frame = per_frame_suffix(decoder)
         shared_blocks = decoder.up_blocks[: len(decoder.up_blocks) - per_frame]
@@ -178,11 +179,11 @@ class WanVAE(nn.Module):
                 for block in shared_blocks:
                     y = block(y, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
                 resume, frames = cache.index[0], []
-                for frame in y.split(1, dim=2):
+                for group in y.split(1 if bands is None else y.shape[2], dim=2):
                     cache.index[0] = resume
                     for block in decoder.up_blocks[len(shared_blocks) :]:
-                        frame = block(frame, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
-                    frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(frame))))
+                        group = block(group, feat_cache=cache.slots, feat_idx=cache.index, first_chunk=first)
+                    frames.append(cache.conv(decoder.conv_out, decoder.nonlinearity(decoder.norm_out(group))))
                 pixels = torch.cat(frames, dim=2)
                 yield pixels if bands is None else bands.join(pixels, rows, self.config.spatial_stride)
 
