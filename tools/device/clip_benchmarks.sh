@@ -2,8 +2,9 @@
 # The GPU-performance issue's whole-clip runs on a 4-GPU machine (after the install calls of tools/device_pack.py),
 # results under $OUT. Phase "one": single-GPU 960x960 jobs side by side (GPU 0: resident; GPU 1: resident with
 # --t5_cpu; GPU 2: the low-memory options) and the offload and FP8 selfchecks on GPU 3. Phase "four": the 4-step
-# distilled mode end to end on all four GPUs, FP8 and bf16 ("four-fp8": FP8 only). The tiny service over NCCL is tools/device/tiny_service.sh.
-#   bash tools/device/clip_benchmarks.sh one|four
+# distilled mode end to end on all four GPUs, FP8 and bf16 ("four-fp8": FP8 only). The tiny service over NCCL is
+# tools/device/tiny_service.sh.
+#   bash tools/device/clip_benchmarks.sh one|four|four-fp8
 set -uo pipefail
 source tools/device/common.sh
 clip() {  # name, time limit, then the bench_clip command
@@ -25,8 +26,10 @@ case "${1:-}" in
   four|four-fp8)
     clip four_gpus_4step_fp8 280 torchrun --standalone --nproc_per_node=4 -m engine.bench_clip --steps 4 --passes 2 \
       --warmup-steps 1 --compile --fp8
-    [ "$1" = four ] && clip four_gpus_4step_bf16 280 torchrun --standalone --nproc_per_node=4 -m engine.bench_clip --steps 4 --passes 2 \
-      --warmup-steps 1 --compile ;;
+    if [ "$1" = four ]; then
+      clip four_gpus_4step_bf16 280 torchrun --standalone --nproc_per_node=4 -m engine.bench_clip --steps 4 \
+        --passes 2 --warmup-steps 1 --compile
+    fi ;;
   *) echo "usage: $0 one|four|four-fp8" >&2; exit 2 ;;
 esac
 grep -h "^| 20" "$OUT"/rows.*.md >> "$summary"
