@@ -166,6 +166,7 @@ def bench_steps(
 
 
 KERNEL_CLASSES = (
+    ("communication", ("nccl",)),  # on several ranks: all-to-alls and gathers, and the time spent waiting in them
     ("attention", ("fmha", "flash", "attn", "cudnn", "sdpa")),
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "sm90")),
     ("conv", ("conv",)),
@@ -178,19 +179,23 @@ def kernel_class(name: str) -> str:
     return next((label for label, keys in KERNEL_CLASSES if any(key in lowered for key in keys)), "other")
 
 
-def profile_forward(model: MultiTalkDiT, *, size: int, frames: int, top: int = 25) -> dict:
-    """One forward under the profiler: GPU time per kernel class and the most expensive kernels."""
+def profile_forward(
+    model: MultiTalkDiT, *, size: int, frames: int, top: int = 25, runner: torch.nn.Module | None = None
+) -> dict:
+    """One forward of `runner` (default: `model`; a `SequenceParallelDiT` over it on several ranks) under the
+    profiler: GPU time per kernel class and the most expensive kernels, on this rank."""
     from torch.profiler import ProfilerActivity, profile
 
     device, dtype = model.patch_embedding.weight.device, model.dtype
     inputs = _inputs(model.config, size, frames, device, dtype)
     timestep = torch.tensor([999.0], device=device)
+    runner = runner or model
     with torch.inference_mode():
         latents = inputs.pop("latents")
-        model(latents, timestep, **inputs)  # warm-up
+        runner(latents, timestep, **inputs)  # warm-up
         torch.cuda.synchronize(device)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(latents, timestep, **inputs)
+            runner(latents, timestep, **inputs)
             torch.cuda.synchronize(device)
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
     by_class: dict[str, float] = {}
@@ -287,7 +292,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="append rows to this Markdown table")
     parser.add_argument("--note", default="")
-    parser.add_argument("--profile", action="store_true", help="profile one forward per size instead of timing steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one forward per size instead of timing steps (every rank under torchrun)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (engine.acceleration)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -305,13 +311,16 @@ def main() -> None:
         compile_blocks(model)
     runner = SequenceParallelDiT(model, groups.world) if groups.is_distributed else model
     peak = _peak(gpu_name())
-    if args.profile:
+    if args.profile:  # on several ranks, every rank's breakdown (rank 0 writes them all)
+        report = [profile_forward(model, size=size, frames=args.frames, runner=runner) for size in args.sizes]
         if groups.is_distributed:
-            raise SystemExit("--profile runs on one GPU")
-        report = [profile_forward(model, size=size, frames=args.frames) for size in args.sizes]
-        print(json.dumps(report, indent=1))
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2))
+            every: list = [None] * groups.world_size
+            dist.all_gather_object(every, report, group=groups.control)
+            report = [{**result, "rank": rank} for rank, results in enumerate(every) for result in results]
+        if leader:
+            print(json.dumps(report, indent=1))
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=2))
         return
     results = []
     for size in args.sizes:

@@ -47,3 +47,14 @@ def test_the_commit_is_marked_dirty_when_the_tree_differs_from_it(tmp_path, monk
     assert bench._commit() == head
     (tmp_path / "a.py").write_text("x = 2\n")
     assert bench._commit() == f"{head}+dirty"
+
+
+def test_kernels_are_classed_by_name_with_communication_first():
+    from engine.bench import kernel_class
+
+    assert kernel_class("ncclDevKernel_SendRecv(ncclDevComm*, unsigned long, ncclWork*)") == "communication"
+    assert kernel_class("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3") == "attention"
+    assert kernel_class("nvjet_tst_256x128_64x4_2x1_v_bz_coopB_TNT") == "matmul"
+    assert kernel_class("triton_poi_fused_add_mul_native_layer_norm_0") == "norm/elementwise"  # compiled fusions
+    assert kernel_class("void at::native::indexSelectLargeIndex<float>") == "other"
+    assert kernel_class("void at::native::vectorized_elementwise_kernel<4, ...>") == "norm/elementwise"
