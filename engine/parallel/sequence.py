@@ -91,18 +91,19 @@ def _pad_along(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
-def _all_to_all(pieces: list[torch.Tensor], shapes: list[torch.Size], group: dist.ProcessGroup) -> list[torch.Tensor]:
-    """Send `pieces[j]` to rank j; receive from rank j a tensor of `shapes[j]`. Sizes may differ per rank.
+def _all_to_all(
+    send: torch.Tensor, send_counts: list[int], receive_counts: list[int], group: dist.ProcessGroup
+) -> torch.Tensor:
+    """Send the flat `send`'s consecutive pieces of `send_counts[j]` elements to rank j; receive `receive_counts[j]`
+    elements from rank j, back to back in rank order. Sizes may differ per rank.
 
     Through `all_to_all_single` on flat buffers: gloo's list `all_to_all` refuses unequal tensors.
     """
-    send = torch.cat([piece.reshape(-1) for piece in pieces])
-    counts = [shape.numel() for shape in shapes]
-    received = send.new_empty(sum(counts))
+    received = send.new_empty(sum(receive_counts))
     dist.all_to_all_single(
-        received, send, output_split_sizes=counts, input_split_sizes=[p.numel() for p in pieces], group=group
+        received, send, output_split_sizes=receive_counts, input_split_sizes=send_counts, group=group
     )
-    return [flat.view(shape) for flat, shape in zip(received.split(counts), shapes)]
+    return received
 
 
 class UlyssesAttention:
@@ -126,16 +127,32 @@ class UlyssesAttention:
         return self._tokens_to_ranks(out)  # [B, H, L_rank, d]
 
     def _heads_to_ranks(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, H, L_rank, d] -> [B, H/N, L, d]: send head group j to rank j, receive every rank's tokens."""
-        heads = x.shape[1] // self.world
-        shapes = [torch.Size((x.shape[0], heads, size, x.shape[3])) for size in self.sizes]
-        return torch.cat(_all_to_all(list(x.chunk(self.world, dim=1)), shapes, self.group), dim=2)
+        """[B, H, L_rank, d] -> [B, H/N, L, d]: send head group j to rank j, receive every rank's tokens.
+
+        In token-major memory ([B, L, H, d], the layout the projections produce and attention reads): one copy puts
+        each rank's head group together; for one sample the received pieces already lie in token order."""
+        batch, heads, length, dim = x.shape
+        group_heads = heads // self.world
+        send = x.transpose(1, 2).reshape(batch, length, self.world, group_heads, dim).permute(2, 0, 1, 3, 4)
+        counts = [batch * size * group_heads * dim for size in self.sizes]
+        received = _all_to_all(send.reshape(-1), [send[0].numel()] * self.world, counts, self.group)
+        if batch == 1:
+            tokens = received.view(1, -1, group_heads, dim)
+        else:
+            pieces = received.split(counts)
+            tokens = torch.cat([p.view(batch, -1, group_heads, dim) for p in pieces], dim=1)
+        return tokens.transpose(1, 2)
 
     def _tokens_to_ranks(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H/N, L, d] -> [B, H, L_rank, d]: send rank i its tokens, receive every rank's head group."""
-        rank = dist.get_rank(self.group)
-        shape = torch.Size((x.shape[0], x.shape[1], self.sizes[rank], x.shape[3]))
-        return torch.cat(_all_to_all(list(x.split(self.sizes, dim=2)), [shape] * self.world, self.group), dim=1)
+        batch, group_heads, _, dim = x.shape
+        tokens = x.transpose(1, 2)  # [B, L, H/N, d]; for one sample, already rank after rank in memory
+        send = tokens.reshape(-1) if batch == 1 else torch.cat([p.reshape(-1) for p in tokens.split(self.sizes, 1)])
+        length = self.sizes[dist.get_rank(self.group)]
+        counts = [batch * size * group_heads * dim for size in self.sizes]
+        received = _all_to_all(send, counts, [batch * length * group_heads * dim] * self.world, self.group)
+        heads = received.view(self.world, batch, length, group_heads, dim).permute(1, 2, 0, 3, 4)
+        return heads.reshape(batch, length, self.world * group_heads, dim).transpose(1, 2)  # the one copy
 
 
 class SequenceAttention(Protocol):

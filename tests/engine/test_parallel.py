@@ -154,14 +154,18 @@ def _rank_main(report_path: str) -> None:
     results: dict[str, float] = {"world_size": world}
 
     generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 37, 16, generator=generator) for _ in range(3))
     sizes = split_sizes(37, world)
     start = sum(sizes[:rank])
     ulysses = UlyssesAttention(groups.world, local_backend="math")
     ulysses.sizes = sizes
-    local = ulysses(*(t[:, :, start : start + sizes[rank]] for t in (q, k, v)))
-    whole = attention(q, k, v, backend="math")[:, :, start : start + sizes[rank]]
-    results["ulysses_attention_max_error"] = (local - whole).abs().max().item()
+    errors = []
+    for batch, token_major in ((2, False), (1, False), (1, True)):  # the layouts and batch sizes take other paths
+        q, k, v = (torch.randn(batch, 37, 4, 16, generator=generator) for _ in range(3))
+        q, k, v = (t.transpose(1, 2) if token_major else t.transpose(1, 2).contiguous() for t in (q, k, v))
+        local = ulysses(*(t[:, :, start : start + sizes[rank]] for t in (q, k, v)))
+        whole = attention(q, k, v, backend="math")[:, :, start : start + sizes[rank]]
+        errors.append((local - whole).abs().max().item())
+    results["ulysses_attention_max_error"] = max(errors)
 
     inputs = load_file(FIXTURES / "dit" / "forward_two_speakers.safetensors")
     args = [inputs[key] for key in
