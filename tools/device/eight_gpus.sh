@@ -6,27 +6,29 @@
 #            4-step mode at 640x640 end to end (its wall time against the clip's 3.24 s)
 #   service  one 81-frame 960x960 job from the queue through run_engine.sh --gpus 8 to the MP4, wall time
 # Results: $OUT/summary.txt and $OUT/results.tar.gz (every JSON, log and row). GPUS and PRESET (default 8 and
-# full-random) let the service phase be tried first where it is cheap: GPUS=2 PRESET=tiny runs it on a CPU.
+# full-random) let a phase run on fewer GPUs (GPUS=4: the GPU-performance issue's 4-GPU rows) or be tried first
+# where it is cheap: GPUS=2 PRESET=tiny runs the service phase on a CPU.
 #   bash tools/device/eight_gpus.sh steps8|steps1|clip|service
 set -uo pipefail
 source tools/device/common.sh
 GPUS=${GPUS:-8} PRESET=${PRESET:-full-random}
 case "${1:-}" in
   steps8)
-    logged steps_8gpu 560 torchrun --standalone --nproc_per_node=8 -m engine.bench --sizes 640 960 --compile \
-      --attention cudnn --out "$OUT/steps_8gpu.json" --markdown "$OUT/rows.md" --note "Ulysses x8, cuDNN + compiled blocks"
+    logged "steps_${GPUS}gpu" 560 torchrun --standalone --nproc_per_node="$GPUS" -m engine.bench --sizes 640 960 \
+      --compile --attention cudnn --out "$OUT/steps_${GPUS}gpu.json" --markdown "$OUT/rows.md" \
+      --note "Ulysses x$GPUS, cuDNN + compiled blocks"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
   steps1)
     logged steps_1gpu 560 python3 -m engine.bench --sizes 640 960 --compile --attention cudnn \
       --out "$OUT/steps_1gpu.json" --markdown "$OUT/rows.md" --note "1 GPU baseline on the 8-GPU host"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
   clip)
-    logged clip_fsdp_960 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 960 --steps 2 \
-      --warmup-steps 1 --attention cudnn --t5_fsdp --dit_fsdp --out "$OUT/clip_fsdp_960.json" \
-      --markdown "$OUT/rows.md" --note "Ulysses x8 + T5/DiT FSDP"
-    logged clip_4step_640 280 torchrun --standalone --nproc_per_node=8 -m engine.bench_clip --size 640 --steps 4 \
-      --passes 2 --warmup-steps 1 --attention cudnn --compile --fp8 --out "$OUT/clip_4step_640.json" \
-      --markdown "$OUT/rows.md" --note "4-step mode, 8 GPUs, FP8"
+    logged clip_fsdp_960 280 torchrun --standalone --nproc_per_node="$GPUS" -m engine.bench_clip --size 960 \
+      --steps 2 --warmup-steps 1 --attention cudnn --t5_fsdp --dit_fsdp --out "$OUT/clip_fsdp_960.json" \
+      --markdown "$OUT/rows.md" --note "Ulysses x$GPUS + T5/DiT FSDP"
+    logged clip_4step_640 280 torchrun --standalone --nproc_per_node="$GPUS" -m engine.bench_clip --size 640 \
+      --steps 4 --passes 2 --warmup-steps 1 --attention cudnn --compile --fp8 --out "$OUT/clip_4step_640.json" \
+      --markdown "$OUT/rows.md" --note "4-step mode, $GPUS GPUs, FP8"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary"
     python3 -c "import json,sys; [print(p, json.load(open(p))['peak_memory']) for p in sys.argv[1:]]" \
       "$OUT"/clip_*.json >> "$summary" 2>&1 ;;
