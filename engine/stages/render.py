@@ -158,19 +158,21 @@ def render_video(
                 is_cancel_requested=is_cancel_requested,
             )
         with clock.measure(Stage.DECODE):
-            decoded: list[torch.Tensor] = []
+            tail: list[torch.Tensor] = []  # the last decoded frames, enough for the next chunk's motion frames
+            chunk_frames = 0
             for piece in decode_pieces(vae, latent):
                 piece = match_colors(piece, conditioning.reference, config.color_correction_strength)
-                repeated = max(0, chunk.new_frames.start - sum(done.shape[1] for done in decoded))  # motion frames
-                decoded.append(piece)
-                new = piece[:, repeated:]
+                new = piece[:, max(0, chunk.new_frames.start - chunk_frames) :]  # past the repeated motion frames
                 kept = new[:, : max(0, audio.num_frames - generated)]  # the last chunk runs past the audio's end
-                generated += new.shape[1]
+                chunk_frames, generated = chunk_frames + piece.shape[1], generated + new.shape[1]
                 if kept.shape[1]:
                     pieces.append(to_uint8_frames(kept).cpu())
                     if on_frames is not None:
                         on_frames(pieces[-1])
-            motion_frames = torch.cat(decoded, dim=1)[:, -plan.motion_frames :]
+                tail.append(piece)
+                while sum(frames.shape[1] for frames in tail[1:]) >= plan.motion_frames:
+                    tail.pop(0)
+            motion_frames = torch.cat(tail, dim=1)[:, -plan.motion_frames :]
         on_progress(Stage.DECODE, chunk.index + 1, len(plan.chunks))
     if generated != plan.generated_frames:
         raise RuntimeError(f"rendered {generated} frames, the plan has {plan.generated_frames}")

@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import engine.stages.render as render_module
 from engine.cache import TeaCache
 from engine.pipeline import PipelineOptions, RenderPipeline, RenderRefused, RenderRequest, speech_lines
 from engine.presets import LoraFile
 from engine.sampling import RenderCancelled
+from engine.stages.decode import to_uint8_frames
 from engine.stages.mux import Mp4Writer
 from engine.stages.render import DiTVelocity
 from storage.contract import (
@@ -185,6 +187,22 @@ def test_frames_reach_the_encoder_while_the_vae_decodes(pipeline, frame_path, lo
     first_chunk = events[: events.index("decoded 1/2")]
     assert first_chunk[0] == 1 and set(first_chunk[1:]) == {4}  # one piece per latent frame, before the chunk ends
     assert sum(event for event in events if isinstance(event, int)) == output.num_frames
+
+
+def test_the_next_chunk_starts_from_the_last_frames_of_the_one_before(
+    pipeline, frame_path, long_speech, tmp_path, encoded, monkeypatch
+):
+    motion = []
+    encode = render_module.encode_image_condition
+    monkeypatch.setattr(render_module, "encode_image_condition", lambda vae, clip, frames, **named: (
+        motion.append(frames.clone()) or encode(vae, clip, frames, **named)))  # fmt: skip
+    request = RenderRequest(spec=job(*LONG, steps=1), frame_path=frame_path, work_dir=tmp_path)
+    pipeline.render_speech(request, long_speech)
+    (video,), (frames,) = encoded(), motion
+    count = pipeline.models.preset.motion_frames
+    first_chunk = pipeline.models.preset.frame_num
+    # The colour-corrected frames the encoder got from the first chunk end with the motion frames, as uint8.
+    np.testing.assert_array_equal(to_uint8_frames(frames).numpy(), video[first_chunk - count : first_chunk])
 
 
 def test_same_seed_same_video_other_seed_other_video(pipeline, frame_path, long_speech, tmp_path, encoded):
