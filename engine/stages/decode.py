@@ -13,14 +13,10 @@ import torch
 from engine.models.vae import WanVAE
 
 
-def decode_chunk(vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
-    """Normalised latent [z, T, h, w] -> frames [3, 1 + 4(T-1), 8h, 8w] float32 in [-1, 1]."""
-    return torch.cat(list(decode_pieces(vae, latent)), dim=1)
-
-
 @torch.inference_mode()
 def decode_pieces(vae: WanVAE, latent: torch.Tensor) -> Iterator[torch.Tensor]:
-    """`decode_chunk` as consecutive pieces of frames [3, n, 8h, 8w], each as soon as the VAE has it."""
+    """Normalised latent [z, T, h, w] -> frames [3, 1 + 4(T-1), 8h, 8w] float32 in [-1, 1], as consecutive pieces
+    [3, n, 8h, 8w], each as soon as the VAE has it."""
     vae_dtype = next(vae.parameters()).dtype
     for piece in vae.decode_stream(latent[None].to(vae_dtype)):
         yield piece[0].float()

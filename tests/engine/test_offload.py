@@ -29,7 +29,6 @@ from engine.parallel.selfcheck import tiny_dit_inputs
 from engine.parallel.sequence import SequenceParallelDiT
 from engine.presets import load_models
 from engine.stages.conditioning import encode_prompts
-from engine.stages.decode import decode_chunk
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -285,7 +284,7 @@ def test_offload_between_stages_sends_the_dit_home_when_another_model_runs():
     forward(models.dit, inputs)
     assert all(streamer.is_on_device(i) for i in streamer.resident)
     with torch.inference_mode():
-        decode_chunk(models.vae, torch.randn(16, 2, 4, 4))
+        models.vae.decode(torch.randn(1, 16, 2, 4, 4))
     assert not any(streamer.is_on_device(i) for i in streamer.resident)  # the decoder made room
     forward(models.dit, inputs)
     again = encode_prompts(models.t5, models.tokenizer, "a scene", "ugly", device="cpu")
@@ -298,9 +297,9 @@ def test_tiled_vae_decode_stays_close_to_the_whole_frame_decode():
     frames differ where tiles meet, a little on average (0.013 with these random weights)."""
     models = load_models("tiny")
     latent = torch.randn(16, 2, 40, 40, generator=torch.Generator().manual_seed(0))
-    whole = decode_chunk(models.vae, latent)
+    whole = models.vae.decode(latent[None])[0]
     apply_low_memory(models, persistent_params=None, offload_models=False, vae_tiling=True)
-    tiled = decode_chunk(models.vae, latent)
+    tiled = models.vae.decode(latent[None])[0]
     assert tiled.shape == whole.shape == (3, 5, 320, 320)
     difference = (tiled - whole).abs()
     assert 0 < difference.mean() <= 0.03
