@@ -200,6 +200,7 @@ class Mp4Writer:
         self._added = 0  # frames handed over
         self._written = 0  # frames given to the encoder
         self._aborted = False
+        self._closed = False  # by finish or abort: no more frames
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None  # started by the first frames, which give the size
 
@@ -207,6 +208,8 @@ class Mp4Writer:
         """uint8 frames [n, H, W, 3], the next ones of the video (kept, not copied: do not change them after)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"expected uint8 frames [n, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        if self._closed:
+            raise RuntimeError(f"{self.path.name} is already finished or aborted")
         if self._thread is None:
             self._thread = threading.Thread(target=self._encode, args=(frames.shape[1:3],), name="mp4-writer")
             self._thread.start()
@@ -236,6 +239,7 @@ class Mp4Writer:
             self.abort()
 
     def _join(self) -> None:
+        self._closed = True
         if self._thread is not None:
             self._pieces.put(None)
             self._thread.join()

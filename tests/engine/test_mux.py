@@ -146,6 +146,8 @@ def test_frames_handed_over_in_pieces_make_the_same_video_as_all_at_once(tmp_pat
     assert np.abs(streamed_frames.astype(int) - frames.astype(int)).mean() < 6.0
     np.testing.assert_allclose(streamed_audio, whole_audio, atol=1e-4)
     assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(RuntimeError, match="already finished"):
+        writer.add(frames[:1])  # would start a second encoder over the finished file
 
 
 def test_a_writer_left_on_an_error_leaves_no_file(tmp_path):
