@@ -13,8 +13,9 @@ Three presets, all made of the production classes:
 - `full-random` is `full` with seeded random weights and no files: the production shapes, precisions and sizes, for
   benchmarking the whole pipeline on a GPU without the checkpoints (engine/bench_clip.py). Every model is built
   where it runs, in its own dtype, so the 14 B DiT and the 5.7 B umT5 never exist in fp32 or on the CPU. The text
-  encoder reads `tiny`'s character tokenizer (umT5's tokenizer is a file): T5 always runs the whole padded text
-  length and the DiT pads the states to it, so their cost does not depend on the tokenizer. Its video is noise.
+  encoder reads `tiny`'s character tokenizer (umT5's tokenizer is a file): one token per character, several times
+  umT5's count, so its T5 time (T5 runs a prompt's real tokens) is an upper bound; the DiT pads the states to the
+  text length whatever their count. Its video is noise.
 
 Speech (Kokoro) is loaded by `engine.stages.speech.load_tts`; LoRA files are merged here, at load time.
 """

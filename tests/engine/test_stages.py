@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from engine.cache import TeaCache
+from engine.models.t5 import tokenize_prompts
 from engine.models.wav2vec import video_frame_count
 from engine.presets import load_models
 from engine.stages.audio import END_TRIM_ROWS, encode_tracks, padded_length, target_frame_count
@@ -122,6 +123,19 @@ def test_prompts_are_encoded_to_their_real_tokens(models):
     assert text.prompt.shape == (1, 3, models.t5.config.dim)  # "h", "i", EOS
     assert text.negative.shape == (1, models.t5.config.text_len, models.t5.config.dim)  # truncated
     assert torch.isfinite(text.prompt).all()
+
+
+def test_prompts_skip_the_padding_and_keep_the_padded_run_s_states(models, monkeypatch):
+    seen = []
+    forward = type(models.t5).forward
+    monkeypatch.setattr(type(models.t5), "forward", lambda self, ids, mask: seen.append(ids.shape[1]) or forward(
+        self, ids, mask))  # fmt: skip
+    text = encode_prompts(models.t5, models.tokenizer, "hi there", "no", device="cpu")
+    assert seen == [9, 3]  # the characters and EOS, not the text length
+    ids, mask = tokenize_prompts(models.tokenizer, ["hi there"], models.t5.config.text_len)
+    with torch.inference_mode():
+        padded = forward(models.t5, ids, mask)[:, :9]
+    torch.testing.assert_close(text.prompt, padded, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("num_cond", [1, 25])
