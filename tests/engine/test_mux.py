@@ -141,9 +141,11 @@ def test_frames_handed_over_in_pieces_make_the_same_video_as_all_at_once(tmp_pat
     assert streamed.duration_s == pytest.approx(whole.duration_s, abs=1e-6)
     streamed_frames, streamed_audio = _decode(streamed.path)
     whole_frames, whole_audio = _decode(whole.path)
-    # x264 with threads is not bit-repeatable, but the same frames at the same quality decode alike.
-    assert np.abs(streamed_frames.astype(int) - whole_frames.astype(int)).mean() < 1.0
-    assert np.abs(streamed_frames.astype(int) - frames.astype(int)).mean() < 6.0
+    # x264 with threads is not bit-repeatable (the two files differ by 0-1.1 levels on average between runs), but
+    # the same frames at the same quality lose the same detail: about 5 levels of the grain.
+    streamed_error = np.abs(streamed_frames.astype(int) - frames.astype(int)).mean()
+    whole_error = np.abs(whole_frames.astype(int) - frames.astype(int)).mean()
+    assert streamed_error < 6.0 and abs(streamed_error - whole_error) < 0.1
     np.testing.assert_allclose(streamed_audio, whole_audio, atol=1e-4)
     assert not list(tmp_path.glob(".*.tmp"))
     with pytest.raises(RuntimeError, match="already finished"):
