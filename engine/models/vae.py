@@ -35,7 +35,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import CACHE_T, WanCausalConv3d, WanResample
 from torch import nn
 
-from engine.parallel.sequence import split_sizes
+from engine.parallel.sequence import join_uneven, split_sizes
 
 # Per-channel statistics of Wan2.1 latents (spec §3.12), part of the model like diffusers' config.
 WAN21_LATENTS_MEAN = (
@@ -204,13 +204,8 @@ class RowBands:
         return low, low + sizes[self.index]
 
     def join(self, band: torch.Tensor, rows: int, scale: int = 1) -> torch.Tensor:
-        """The whole frame (dim 3) from every rank's band of its `rows` rows, at `scale` rows per row (the bands
-        are padded to the longest for the gather)."""
-        sizes = [size * scale for size in split_sizes(rows, self.count)]
-        padding = list(band.shape)
-        padding[3] = max(sizes) - band.shape[3]
-        every = self.all_gather(torch.cat([band, band.new_zeros(padding)], dim=3).contiguous())
-        return torch.cat([piece.narrow(3, 0, size) for piece, size in zip(every, sizes, strict=True)], dim=3)
+        """The whole frame (dim 3) from every rank's band of its `rows` rows, at `scale` rows per row."""
+        return join_uneven(band, 3, [size * scale for size in split_sizes(rows, self.count)], self.all_gather)
 
     def neighbour_rows(self, x: torch.Tensor, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The row just above this band along `dim` (the previous rank's last) and the row just below it (the next

@@ -14,6 +14,7 @@ rank computes, to float rounding; tests/engine/test_parallel.py proves it on glo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -47,12 +48,12 @@ class DistributedShard(SequenceShard):
         return self.sizes[self.rank]
 
     def gather_tokens(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        # all_gather needs equal shapes: pad every slice to the longest, then trim each back.
-        longest = max(self.sizes)
-        padded = _pad_along(x, dim, longest - x.shape[dim]).contiguous()
-        pieces = [torch.empty_like(padded) for _ in self.sizes]
-        dist.all_gather(pieces, padded, group=self.group)
-        return torch.cat([piece.narrow(dim, 0, size) for piece, size in zip(pieces, self.sizes)], dim=dim)
+        def all_gather(padded: torch.Tensor) -> list[torch.Tensor]:
+            pieces = [torch.empty_like(padded) for _ in self.sizes]
+            dist.all_gather(pieces, padded, group=self.group)
+            return pieces
+
+        return join_uneven(x, dim, self.sizes, all_gather)
 
     def gather_prefix(self, x: torch.Tensor, dim: int, count: int) -> torch.Tensor:
         # Only the ranks holding tokens [0, count) send, and only those tokens: at 960×960 frame 0 is 3,600 of
@@ -83,12 +84,15 @@ class DistributedShard(SequenceShard):
         return out.to(x.dtype)
 
 
-def _pad_along(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
-    if amount == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = amount
-    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+def join_uneven(
+    piece: torch.Tensor, dim: int, sizes: list[int], all_gather: Callable[[torch.Tensor], list[torch.Tensor]]
+) -> torch.Tensor:
+    """Every rank's `piece` (lengths `sizes` along `dim`, in rank order) joined along `dim`. `all_gather` needs
+    equal shapes: each piece is padded to the longest, then trimmed back."""
+    shape = list(piece.shape)
+    shape[dim] = max(sizes) - piece.shape[dim]
+    padded = torch.cat([piece, piece.new_zeros(shape)], dim=dim).contiguous()
+    return torch.cat([whole.narrow(dim, 0, size) for whole, size in zip(all_gather(padded), sizes, strict=True)], dim)
 
 
 def _all_to_all(
