@@ -158,15 +158,11 @@ def mux_mp4(
     The same frames do not always give the same bytes (x264's output differs between its first encode in a
     process and later ones, and with threads); the frames, which the seed decides, are what is repeatable.
     """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-    path = Path(path)
-    _write_mp4(
-        path, _video_frames(frames, fps), fit_audio(audio, sample_rate, frames.shape[0], fps),
-        size=frames.shape[1:3], fps=fps, video_options={"crf": str(crf), "preset": preset},
-        video_bitrate=None, audio_bitrate=audio_bitrate,
-    )  # fmt: skip
-    return probe(path)
+    with Mp4Writer(
+        path, audio, sample_rate, len(frames), fps=fps, crf=crf, preset=preset, audio_bitrate=audio_bitrate
+    ) as writer:
+        writer.add(frames)
+        return writer.finish()
 
 
 class Mp4Writer:
