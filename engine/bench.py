@@ -30,7 +30,7 @@ from engine.guidance import GuidanceConfig, branch_conditions
 from engine.models.attention import attention_backends
 from engine.models.dit import DiTConfig, MultiTalkDiT
 from engine.parallel.groups import ProcessGroups, destroy_groups, init_groups
-from engine.parallel.sequence import ULYSSES_CHUNKS, SequenceParallelDiT
+from engine.parallel.sequence import SequenceParallelDiT
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
@@ -295,8 +295,6 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile one forward per size instead of timing steps (every rank under torchrun)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (engine.acceleration)")
-    parser.add_argument("--ulysses_chunks", type=int, default=ULYSSES_CHUNKS,
-                        help="pieces of each rank's heads pipelined through the Ulysses exchange (at most)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
@@ -318,9 +316,7 @@ def _measure_and_report(args: argparse.Namespace, groups: ProcessGroups) -> None
         print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
     if args.compile:
         compile_blocks(model)
-    runner = model
-    if groups.is_distributed:
-        runner = SequenceParallelDiT(model, groups.world, ulysses_chunks=args.ulysses_chunks)
+    runner = SequenceParallelDiT(model, groups.world) if groups.is_distributed else model
     peak = _peak(gpu_name())
     if args.profile:  # on several ranks, every rank's breakdown (rank 0 writes them all)
         report = [profile_forward(model, size=size, frames=args.frames, runner=runner) for size in args.sizes]

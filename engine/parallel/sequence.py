@@ -26,7 +26,6 @@ from engine.models.attention import attention, register_attention_backend
 from engine.models.dit import DiTConditioning, MultiTalkDiT, SequenceShard
 
 ULYSSES_BACKEND = "ulysses"
-ULYSSES_CHUNKS = 1  # pieces of a rank's heads exchanged while attention runs on the previous ones
 
 
 def split_sizes(length: int, parts: int) -> list[int]:
@@ -98,18 +97,17 @@ def join_uneven(
 
 def _all_to_all(
     send: torch.Tensor, send_counts: list[int], receive_counts: list[int], group: dist.ProcessGroup
-) -> tuple[torch.Tensor, dist.Work]:
-    """Start sending the flat `send`'s consecutive pieces of `send_counts[j]` elements to rank j and receiving
-    `receive_counts[j]` elements from rank j, back to back in rank order; sizes may differ per rank. Returns the
-    receive buffer and the exchange to `wait()` on before reading it (on CUDA that only orders the streams).
+) -> torch.Tensor:
+    """Send the flat `send`'s consecutive pieces of `send_counts[j]` elements to rank j; receive `receive_counts[j]`
+    elements from rank j, back to back in rank order. Sizes may differ per rank.
 
     Through `all_to_all_single` on flat buffers: gloo's list `all_to_all` refuses unequal tensors.
     """
     received = send.new_empty(sum(receive_counts))
-    work = dist.all_to_all_single(
-        received, send, output_split_sizes=receive_counts, input_split_sizes=send_counts, group=group, async_op=True
+    dist.all_to_all_single(
+        received, send, output_split_sizes=receive_counts, input_split_sizes=send_counts, group=group
     )
-    return received, work
+    return received
 
 
 class UlyssesAttention:
@@ -117,80 +115,48 @@ class UlyssesAttention:
 
     `sizes` (every rank's token count) is set by `SequenceParallelDiT.run_blocks` before the blocks run; the
     backend contract `(q, k, v)` has no room for it. Local attention uses `local_backend` on whole sequences.
-
-    With `max_chunks` > 1 each rank's head group is exchanged and attended in pieces (as many as divide the group,
-    up to `max_chunks`), pipelined: while attention runs on one piece, the next piece's q, k, v and the previous
-    piece's output are in flight, so only the first and the last exchange wait alone. Heads are independent, so the
-    result is the same.
     """
 
-    def __init__(self, group: dist.ProcessGroup, local_backend: str, max_chunks: int = ULYSSES_CHUNKS) -> None:
+    def __init__(self, group: dist.ProcessGroup, local_backend: str) -> None:
         self.group = group
         self.world = dist.get_world_size(group)
         self.local_backend = local_backend
-        self.max_chunks = max_chunks
         self.sizes: list[int] | None = None
 
-    @torch.compiler.disable  # async exchanges: compiled blocks break here and run the pipeline eagerly
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.sizes is None:
             raise RuntimeError("Ulysses attention called outside SequenceParallelDiT.run_blocks")
-        batch, heads, length, dim = q.shape
+        q, k, v = (self._heads_to_ranks(t) for t in (q, k, v))  # [B, H/N, L, d]
+        out = attention(q, k, v, backend=self.local_backend)
+        return self._tokens_to_ranks(out)  # [B, H, L_rank, d]
+
+    def _heads_to_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L_rank, d] -> [B, H/N, L, d]: send head group j to rank j, receive every rank's tokens.
+
+        In token-major memory ([B, L, H, d], the layout the projections produce and attention reads): one copy puts
+        each rank's head group together; for one sample the received pieces already lie in token order."""
+        batch, heads, length, dim = x.shape
         group_heads = heads // self.world
-        chunks = max(c for c in range(1, self.max_chunks + 1) if group_heads % c == 0)
-        piece = group_heads // chunks
-        # [B, L_rank, N, chunks, g, d]: rank j's piece c of heads. A view in the token-major layout the projections
-        # produce; other layouts are copied once here.
-        grouped = [t.transpose(1, 2).reshape(batch, length, self.world, chunks, piece, dim) for t in (q, k, v)]
-        out = q.new_empty(batch, length, self.world, chunks, piece, dim)
-        incoming = self._send_heads(grouped, chunk=0)
-        outgoing = []
-        for chunk in range(chunks):
-            q_all, k_all, v_all = (received() for received in incoming)  # [B, g, L, d]
-            if chunk + 1 < chunks:
-                incoming = self._send_heads(grouped, chunk=chunk + 1)
-            outgoing.append(self._send_tokens(attention(q_all, k_all, v_all, backend=self.local_backend)))
-        for chunk, received in enumerate(outgoing):
-            out[:, :, :, chunk] = received()  # [B, L_rank, N, g, d]
-        return out.view(batch, length, heads, dim).transpose(1, 2)  # [B, H, L_rank, d]
+        send = x.transpose(1, 2).reshape(batch, length, self.world, group_heads, dim).permute(2, 0, 1, 3, 4)
+        counts = [batch * size * group_heads * dim for size in self.sizes]
+        received = _all_to_all(send.reshape(-1), [send[0].numel()] * self.world, counts, self.group)
+        if batch == 1:
+            tokens = received.view(1, -1, group_heads, dim)
+        else:
+            pieces = received.split(counts)
+            tokens = torch.cat([p.view(batch, -1, group_heads, dim) for p in pieces], dim=1)
+        return tokens.transpose(1, 2)
 
-    def _send_heads(self, grouped: list[torch.Tensor], chunk: int) -> list[Callable[[], torch.Tensor]]:
-        """Start trading this rank's tokens of piece `chunk` of every rank's heads ([B, L_rank, N, chunks, g, d] for
-        q, k, v) for all tokens of this rank's piece. Each returned call waits and gives [B, g, L, d].
-
-        One copy puts each rank's piece together; for one sample the received pieces already lie in token order."""
-        batch, _, _, _, piece, dim = grouped[0].shape
-        counts = [batch * size * piece * dim for size in self.sizes]
-
-        def send(x: torch.Tensor) -> Callable[[], torch.Tensor]:
-            outgoing = x[:, :, :, chunk].permute(2, 0, 1, 3, 4).reshape(-1)  # [N, B, L_rank, g, d]
-            received, work = _all_to_all(outgoing, [outgoing.numel() // self.world] * self.world, counts, self.group)
-
-            def wait() -> torch.Tensor:
-                work.wait()
-                if batch == 1:
-                    return received.view(1, -1, piece, dim).transpose(1, 2)
-                parts = [part.view(batch, -1, piece, dim) for part in received.split(counts)]
-                return torch.cat(parts, dim=1).transpose(1, 2)
-
-            return wait
-
-        return [send(x) for x in grouped]
-
-    def _send_tokens(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """Start sending [B, g, L, d] back: rank i gets its tokens. The call waits and gives [B, L_rank, N, g, d]."""
-        batch, piece, _, dim = x.shape
-        tokens = x.transpose(1, 2)  # [B, L, g, d]; for one sample, already rank after rank in memory
+    def _tokens_to_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H/N, L, d] -> [B, H, L_rank, d]: send rank i its tokens, receive every rank's head group."""
+        batch, group_heads, _, dim = x.shape
+        tokens = x.transpose(1, 2)  # [B, L, H/N, d]; for one sample, already rank after rank in memory
         send = tokens.reshape(-1) if batch == 1 else torch.cat([p.reshape(-1) for p in tokens.split(self.sizes, 1)])
         length = self.sizes[dist.get_rank(self.group)]
-        counts = [batch * size * piece * dim for size in self.sizes]
-        received, work = _all_to_all(send, counts, [batch * length * piece * dim] * self.world, self.group)
-
-        def wait() -> torch.Tensor:
-            work.wait()
-            return received.view(self.world, batch, length, piece, dim).permute(1, 2, 0, 3, 4)
-
-        return wait
+        counts = [batch * size * group_heads * dim for size in self.sizes]
+        received = _all_to_all(send, counts, [batch * length * group_heads * dim] * self.world, self.group)
+        heads = received.view(self.world, batch, length, group_heads, dim).permute(1, 2, 0, 3, 4)
+        return heads.reshape(batch, length, self.world * group_heads, dim).transpose(1, 2)  # the one copy
 
 
 class SequenceAttention(Protocol):
@@ -210,11 +176,7 @@ class SequenceParallelDiT(nn.Module):
     """
 
     def __init__(
-        self,
-        dit: MultiTalkDiT,
-        group: dist.ProcessGroup,
-        attention_backend: SequenceAttention | None = None,
-        ulysses_chunks: int = ULYSSES_CHUNKS,
+        self, dit: MultiTalkDiT, group: dist.ProcessGroup, attention_backend: SequenceAttention | None = None
     ) -> None:
         super().__init__()
         self.dit = dit
@@ -222,7 +184,7 @@ class SequenceParallelDiT(nn.Module):
         self.world = dist.get_world_size(group)
         if dit.config.num_heads % self.world:
             raise ValueError(f"{self.world} sequence-parallel ranks do not divide {dit.config.num_heads} heads")
-        self.ulysses = attention_backend or UlyssesAttention(group, dit.config.attention_backend, ulysses_chunks)
+        self.ulysses = attention_backend or UlyssesAttention(group, local_backend=dit.config.attention_backend)
         register_attention_backend(ULYSSES_BACKEND, self.ulysses)
         for block in dit.blocks:
             block.self_attn.attention_backend = ULYSSES_BACKEND
