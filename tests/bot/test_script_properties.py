@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from bot.core.errors import ScriptError
 from bot.core.script import ScriptLimits, decode_script_bytes, parse_script
 
-# A numbered role label at a line's start, such as `角色1:` or `Speaker 2：`. Its word is markup: when the same
-# speaker was first written `(s1)`, the name shown is "s1" and the word appears nowhere in the result.
-_ROLE_LABEL = re.compile(r"^\W*(speaker|person|character|role|角色|人物|说话人|說話人|讲话人|講話人|发言人|發言人)\s*\d+\s*[:：]", re.I)
+# A numbered role label, such as `角色1:` or `Speaker 2：` (at a line's start or inline). Its word is markup: when the
+# same speaker was first written `(s1)` or `A:`, that is the name shown and the word appears nowhere in the result.
+_ROLE_LABEL = re.compile(r"(speaker|person|character|role|角色|人物|说话人|說話人|讲话人|講話人|发言人|發言人)\s*\d+\s*[:：]", re.I)
 
 PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -155,6 +155,7 @@ def test_parsing_never_crashes_and_results_are_always_usable(text: str) -> None:
 @PROPERTY_SETTINGS
 @given(text=st.one_of(_ANY_TEXT, _SCRIPT_LIKE))
 @example(text="(S0)0\rA:A\r角色0:")  # 角色0 is the speaker first written (s0), with nothing to say
+@example(text="A:\r角色1：0!角色1：(S0)0")  # 角色1 is A, inline
 def test_every_letter_of_the_input_survives_somewhere(text: str) -> None:
     """Nothing is silently dropped: each letter ends up spoken, in a direction, a note or a speaker name."""
     try:
@@ -167,8 +168,7 @@ def test_every_letter_of_the_input_survives_somewhere(text: str) -> None:
         + list(dialogue.names.values())
     )
     kept = unicodedata.normalize("NFKC", kept)
-    spoken = "\n".join(_ROLE_LABEL.sub("", line) for line in unicodedata.normalize("NFKC", text).splitlines())
-    for char in spoken:
+    for char in _ROLE_LABEL.sub("", unicodedata.normalize("NFKC", text)):
         if char.isalpha() and char not in "sSAB甲乙":  # letters of labels such as (s1), B:, 乙： are markup
             assert char in kept, char
 
