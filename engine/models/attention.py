@@ -33,11 +33,30 @@ def _sdpa_only(kernel: SDPBackend) -> AttentionFn:
     return run
 
 
+@torch.library.custom_op("duet::flash_attention_4", mutates_args=())
+def _flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-4's forward (the optional `flash-attn-4` package: CuTe kernels for Hopper and Blackwell, compiled
+    on first use). An opaque op to torch.compile, so compiled blocks keep it in their graph."""
+    try:
+        from flash_attn.cute.interface import flash_attn_func
+    except ImportError as error:
+        raise RuntimeError("attention backend 'fa4' needs the flash-attn-4 package (pip install 'duet[fa4]')") from error
+    out, _ = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # it takes [B, L, H, d]
+    return out.transpose(1, 2)
+
+
+@_flash_attention_4.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, _ = q.shape
+    return q.new_empty(batch, length, heads, v.shape[-1]).transpose(1, 2)
+
+
 _BACKENDS: dict[str, AttentionFn] = {
     "sdpa": _sdpa,
     "math": _sdpa_only(SDPBackend.MATH),  # unfused: slow, the same arithmetic everywhere (debugging numerics)
     "cudnn": _sdpa_only(SDPBackend.CUDNN_ATTENTION),
     "flash": _sdpa_only(SDPBackend.FLASH_ATTENTION),
+    "fa4": _flash_attention_4,  # exact, faster than cuDNN's on Hopper (docs/benchmarks.md); GPUs only
 }
 
 
