@@ -16,6 +16,7 @@
 #     --preset full-random      production shapes with random weights, no files (GPU smoke tests, benchmarks)
 #     --job_id ID               serve this one job, then exit (what `duet render` starts)
 #     --attention cudnn --compile   the fast path on H100/H200 (cuDNN attention, compiled blocks): ~1.25x faster
+#     --attention fa4 --compile     faster still (FlashAttention-4 kernels; pip install 'duet[fa4]'): 36.0 -> 31.9 s/step
 #     --fp8                     FP8 matrix multiplies in the DiT (Ada/Hopper; with --compile; see docs/benchmarks.md)
 #     --dit_fsdp --t5_fsdp      shard the DiT's blocks / T5's layers over the processes (FSDP)
 #   low memory (one GPU of 24 GB; see engine/offload.py):

@@ -3,7 +3,8 @@
 Every attention in the model files goes through `attention(q, k, v, backend=...)`, so a faster kernel or a
 sequence-parallel wrapper (engine/parallel registers one) applies everywhere without touching the models. The
 built-in backends are PyTorch's `scaled_dot_product_attention`, which dispatches to FlashAttention / memory-efficient
-kernels on GPUs. Model files never import flash-attn, SageAttention or xfuser.
+kernels on GPUs, and FlashAttention-4 (`fa4`) where its optional package is installed, imported on first use. Model
+files never import flash-attn, SageAttention or xfuser.
 """
 
 from __future__ import annotations

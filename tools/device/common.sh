@@ -2,6 +2,9 @@
 # of what ran, and `bundle` at the end, because a call brings back only a few files from $OUT: everything goes into
 # one tarball beside the summary.
 export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1 DUET_CONFIG=$PWD/bot_config.toml
+if [ -d .site/_fa4 ]; then  # the optional fa4 attention backend (tools/fa4_pack.sh); the .pth that would add the
+  export PYTHONPATH=$PWD/.site/_fa4:$PWD/.site/_fa4/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH  # DSL is not read here
+fi
 mkdir -p "$OUT" var
 summary=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.csv"
