@@ -7,20 +7,21 @@
 #   service  one 81-frame 960x960 job from the queue through run_engine.sh --gpus 8 to the MP4, wall time
 # Results: $OUT/summary.txt and $OUT/results.tar.gz (every JSON, log and row). GPUS and PRESET (default 8 and
 # full-random) let a phase run on fewer GPUs (GPUS=4: the GPU-performance issue's 4-GPU rows) or be tried first
-# where it is cheap: GPUS=2 PRESET=tiny runs the service phase on a CPU.
+# where it is cheap: GPUS=2 PRESET=tiny runs the service phase on a CPU. ATTENTION (default cudnn; fa4 after
+# tools/fa4_pack.sh's steps) and SIZES (default "640 960") shape the steps phases.
 #   bash tools/device/eight_gpus.sh steps8|steps1|clip|service
 set -uo pipefail
 source tools/device/common.sh
-GPUS=${GPUS:-8} PRESET=${PRESET:-full-random}
+GPUS=${GPUS:-8} PRESET=${PRESET:-full-random} ATTENTION=${ATTENTION:-cudnn} SIZES=${SIZES:-640 960}
 case "${1:-}" in
   steps8)
-    logged "steps_${GPUS}gpu" 560 torchrun --standalone --nproc_per_node="$GPUS" -m engine.bench --sizes 640 960 \
-      --compile --attention cudnn --out "$OUT/steps_${GPUS}gpu.json" --markdown "$OUT/rows.md" \
-      --note "Ulysses x$GPUS, cuDNN + compiled blocks"
+    logged "steps_${GPUS}gpu" 560 torchrun --standalone --nproc_per_node="$GPUS" -m engine.bench --sizes $SIZES \
+      --compile --attention "$ATTENTION" --out "$OUT/steps_${GPUS}gpu.json" --markdown "$OUT/rows.md" \
+      --note "Ulysses x$GPUS, $ATTENTION + compiled blocks"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
   steps1)
-    logged steps_1gpu 560 python3 -m engine.bench --sizes 640 960 --compile --attention cudnn \
-      --out "$OUT/steps_1gpu.json" --markdown "$OUT/rows.md" --note "1 GPU baseline on the 8-GPU host"
+    logged steps_1gpu 560 python3 -m engine.bench --sizes $SIZES --compile --attention "$ATTENTION" \
+      --out "$OUT/steps_1gpu.json" --markdown "$OUT/rows.md" --note "1 GPU baseline on the $GPUS-GPU host, $ATTENTION"
     grep -h "^| 20" "$OUT/rows.md" >> "$summary" ;;
   clip)
     logged clip_fsdp_960 280 torchrun --standalone --nproc_per_node="$GPUS" -m engine.bench_clip --size 960 \
