@@ -34,6 +34,18 @@ def _sdpa_only(kernel: SDPBackend) -> AttentionFn:
     return run
 
 
+FA4_MISSING = "attention backend 'fa4' needs the flash-attn-4 package (pip install 'duet[fa4]')"
+
+
+def fa4_installed() -> bool:
+    """Whether the `fa4` backend can run here (its package imports); the engine asks before loading any model."""
+    try:
+        import flash_attn.cute.interface  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @torch.library.custom_op("duet::flash_attention_4", mutates_args=())
 def _flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """FlashAttention-4's forward (the optional `flash-attn-4` package: CuTe kernels for Hopper and Blackwell, compiled
@@ -41,7 +53,7 @@ def _flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     try:
         from flash_attn.cute.interface import flash_attn_func
     except ImportError as error:
-        raise RuntimeError("attention backend 'fa4' needs the flash-attn-4 package (pip install 'duet[fa4]')") from error
+        raise RuntimeError(FA4_MISSING) from error
     out, _ = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # it takes [B, L, H, d]
     return out.transpose(1, 2)
 

@@ -3,6 +3,7 @@ reaches the leader, and only rank 0 writes the MP4. One process, the tiny preset
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,13 @@ def test_the_command_line_fills_the_low_memory_options(monkeypatch):
     args = ["--preset", "tiny", "--num_persistent_param_in_dit", "7000000000", "--offload_model", "true", "--t5_cpu"]
     assert CliRunner().invoke(serve.main, args).exit_code == 0
     assert (seen[0].persistent_dit_params, seen[0].offload_model, seen[0].t5_cpu, seen[0].fp8) == (7e9, True, True, False)
+
+
+def test_fa4_without_its_package_is_refused_before_loading(monkeypatch):
+    """Not at the first job's forward, minutes after the models loaded: at the command line, saying what to install."""
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", None)  # the import fails, as without the package
+    monkeypatch.setattr(serve, "serve", lambda opts: pytest.fail("served without the fa4 package"))
+    refused = CliRunner().invoke(serve.main, ["--preset", "tiny", "--attention", "fa4"])
+    assert refused.exit_code == 2 and "duet[fa4]" in refused.output
+    with pytest.raises(ValueError, match="flash-attn-4"):
+        build_pipeline(options(attention="fa4"), Settings(), SINGLE)
