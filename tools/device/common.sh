@@ -2,7 +2,7 @@
 # of what ran, and `bundle` at the end, because a call brings back only a few files from $OUT: everything goes into
 # one tarball beside the summary.
 # The machine's copy of the repo may carry a stale .git: the commit in benchmark rows must come from here.
-: "${DUET_COMMIT:?export DUET_COMMIT=<this checkout's short hash> so that benchmark rows name what ran}"
+: "${DUET_COMMIT:?export DUET_COMMIT=<short hash of this checkout> so that benchmark rows name what ran}"
 export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1 DUET_CONFIG=$PWD/bot_config.toml
 if [ -d .site/_fa4 ]; then  # the optional fa4 attention backend (tools/fa4_pack.sh); the .pth that would add the
   export PYTHONPATH=$PWD/.site/_fa4:$PWD/.site/_fa4/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH  # DSL is not read here
