@@ -29,7 +29,7 @@ from engine.acceleration import compile_blocks, is_compiled
 from engine.guidance import GuidanceConfig, branch_conditions
 from engine.models.attention import attention_backends
 from engine.models.dit import DiTConfig, MultiTalkDiT
-from engine.parallel.groups import ProcessGroups, destroy_groups, init_groups
+from engine.parallel.groups import ProcessGroups, joined_groups
 from engine.parallel.sequence import SequenceParallelDiT
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -298,11 +298,8 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
-    groups = init_groups()  # under torchrun: one rank per GPU, Ulysses over all of them
-    try:
+    with joined_groups() as groups:  # under torchrun: one rank per GPU, Ulysses over all of them
         _measure_and_report(args, groups)
-    finally:
-        destroy_groups(groups)
 
 
 def _measure_and_report(args: argparse.Namespace, groups: ProcessGroups) -> None:

@@ -41,7 +41,7 @@ import torch
 from engine.acceleration import is_compiled
 from engine.bench import _commit, gpu_name, insert_table_rows
 from engine.parallel.control import ControlChannel
-from engine.parallel.groups import ParallelConfig, destroy_groups, init_groups
+from engine.parallel.groups import ParallelConfig, joined_groups
 from engine.serve import Assignment, ServeOptions, StepGate, build_pipeline, make_request
 from engine.stages.clock import StageClock
 from engine.stages.mux import VIDEO_FPS
@@ -304,9 +304,8 @@ def say(groups, message: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = load_settings(None)
-    groups = init_groups()
-    channel = ControlChannel(groups)
-    try:
+    with joined_groups() as groups:
+        channel = ControlChannel(groups)
         started = time.perf_counter()
         say(groups, f"building the {args.preset} pipeline on {groups.world_size} rank(s), device {groups.device}")
         pipeline = build_pipeline(serve_options(args, groups.world_size), settings, groups)
@@ -344,8 +343,6 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
         if args.markdown:
             append_markdown(args.markdown, report, args.note)
-    finally:
-        destroy_groups(groups)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from engine.cache import TeaCache
 from engine.guidance import Guidance, GuidanceConfig, branch_conditions
 from engine.models.attention import attention_backends
 from engine.models.dit import DiTConfig, MultiTalkDiT
-from engine.parallel.groups import ProcessGroups, destroy_groups, init_groups
+from engine.parallel.groups import ProcessGroups, joined_groups
 from engine.parallel.sequence import SequenceParallelDiT
 from engine.quantize import quantize_dit_fp8, relative_error
 from engine.sampling import FlowMatchEulerScheduler, default_shift, initial_noise, make_generator, sample_chunk
@@ -279,11 +279,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("engine.bench_modes measures GPUs: no CUDA device is visible (--tiny runs on the CPU)")
-    groups = init_groups()
-    try:
+    with joined_groups() as groups:
         _measure_and_report(args, groups)
-    finally:
-        destroy_groups(groups)
 
 
 def _measure_and_report(args: argparse.Namespace, groups: ProcessGroups) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -111,6 +113,16 @@ def init_groups(collective_timeout_s: float = 600.0) -> ProcessGroups:
         world=dist.group.WORLD,
         control=control,
     )
+
+
+@contextmanager
+def joined_groups(collective_timeout_s: float = 600.0) -> Iterator[ProcessGroups]:
+    """`init_groups` for a `with` block, which leaves through `destroy_groups` however it ends."""
+    groups = init_groups(collective_timeout_s)
+    try:
+        yield groups
+    finally:
+        destroy_groups(groups)
 
 
 def destroy_groups(groups: ProcessGroups) -> None:

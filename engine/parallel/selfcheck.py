@@ -19,7 +19,7 @@ import torch
 
 from engine.models.attention import attention
 from engine.models.dit import DiTConfig, MultiTalkDiT
-from engine.parallel.groups import ParallelConfig, destroy_groups, init_groups
+from engine.parallel.groups import ParallelConfig, joined_groups
 from engine.parallel.sequence import SequenceParallelDiT, UlyssesAttention, split_sizes
 
 
@@ -80,35 +80,35 @@ def main() -> None:
     parser.add_argument("--xfuser", action="store_true", help="also check xfuser 0.4.5's attention (CUDA only)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    groups = init_groups()
-    if not groups.is_distributed:
-        raise SystemExit("run under torchrun with at least 2 processes")
-    rank, world, device = groups.rank, groups.world_size, groups.device
-    ulysses = UlyssesAttention(groups.world, local_backend="sdpa")
-    report: dict = {"world_size": world, "backend": groups.backend, "device": str(device.type)}
-    dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
-    for dtype in dtypes:
-        name = str(dtype).removeprefix("torch.")
-        report[f"ulysses_attention_{name}"] = _check_attention(
-            ulysses, tokens=4099, heads=8, dtype=dtype, device=device, rank=rank, world=world
-        )
-    report["ulysses_tiny_dit_fp32"] = _check_dit(groups)
-    if args.xfuser:
-        from engine.parallel.xfuser_attention import XFuserAttention
+    with joined_groups() as groups:
+        if not groups.is_distributed:
+            raise SystemExit("run under torchrun with at least 2 processes")
+        rank, world, device = groups.rank, groups.world_size, groups.device
+        ulysses = UlyssesAttention(groups.world, local_backend="sdpa")
+        report: dict = {"world_size": world, "backend": groups.backend, "device": str(device.type)}
+        dtypes = [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32]
+        for dtype in dtypes:
+            name = str(dtype).removeprefix("torch.")
+            report[f"ulysses_attention_{name}"] = _check_attention(
+                ulysses, tokens=4099, heads=8, dtype=dtype, device=device, rank=rank, world=world
+            )
+        report["ulysses_tiny_dit_fp32"] = _check_dit(groups)
+        if args.xfuser:
+            from engine.parallel.xfuser_attention import XFuserAttention
 
-        xfuser = XFuserAttention(ParallelConfig(ulysses_size=world), groups)
-        # bf16 only: its cuDNN kernel has no fp32 path.
-        report["xfuser_attention_bfloat16"] = _check_attention(
-            xfuser, tokens=4096, heads=8, dtype=torch.bfloat16, device=device, rank=rank, world=world
-        )
-    worst: list = [None] * world
-    torch.distributed.all_gather_object(worst, report, group=groups.control)
-    if rank == 0:
-        merged = {key: (max(r[key] for r in worst) if isinstance(report[key], float) else report[key]) for key in report}
-        print(json.dumps(merged, indent=2))
-        if args.out:
-            args.out.write_text(json.dumps(merged, indent=2))
-    destroy_groups(groups)
+            xfuser = XFuserAttention(ParallelConfig(ulysses_size=world), groups)
+            # bf16 only: its cuDNN kernel has no fp32 path.
+            report["xfuser_attention_bfloat16"] = _check_attention(
+                xfuser, tokens=4096, heads=8, dtype=torch.bfloat16, device=device, rank=rank, world=world
+            )
+        worst: list = [None] * world
+        torch.distributed.all_gather_object(worst, report, group=groups.control)
+        if rank == 0:
+            merged = {key: max(r[key] for r in worst) if isinstance(value, float) else value
+                      for key, value in report.items()}  # fmt: skip
+            print(json.dumps(merged, indent=2))
+            if args.out:
+                args.out.write_text(json.dumps(merged, indent=2))
 
 
 if __name__ == "__main__":
