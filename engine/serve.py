@@ -30,7 +30,7 @@ import click
 import torch
 
 from engine.leader import ActiveJob, Leader, StopCode, store_result
-from engine.models.attention import DEFAULT_BACKEND, FA4_MISSING, attention_backends, fa4_installed
+from engine.models.attention import DEFAULT_BACKEND, attention_backends, unavailable_reason
 from engine.parallel.control import ControlChannel
 from engine.parallel.groups import ParallelConfig, ProcessGroups, destroy_groups, init_groups
 from engine.sampling import RenderCancelled
@@ -77,8 +77,8 @@ class ServeOptions:
         if self.fp8 and low_memory:
             raise ValueError("--fp8 halves the DiT instead of streaming it: it does not combine with "
                              "--num_persistent_param_in_dit or --offload_model")  # fmt: skip
-        if self.attention == "fa4" and not fa4_installed():  # before minutes of loading, not at the first job
-            raise ValueError(FA4_MISSING)
+        if self.attention is not None and (reason := unavailable_reason(self.attention)):
+            raise ValueError(reason)  # before minutes of loading, not at the first job
 
 
 @dataclass(frozen=True)

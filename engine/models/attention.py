@@ -34,27 +34,20 @@ def _sdpa_only(kernel: SDPBackend) -> AttentionFn:
     return run
 
 
-FA4_MISSING = "attention backend 'fa4' needs the flash-attn-4 package (pip install 'duet[fa4]')"
-
-
-def fa4_installed() -> bool:
-    """Whether the `fa4` backend can run here (its package imports); the engine asks before loading any model."""
+def _flash_attn_func() -> Callable:
+    """FlashAttention-4's entry point (the optional `flash-attn-4` package), or an error saying what to install."""
     try:
-        import flash_attn.cute.interface  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        from flash_attn.cute.interface import flash_attn_func
+    except ImportError as error:
+        raise RuntimeError("attention backend 'fa4' needs the flash-attn-4 package (pip install 'duet[fa4]')") from error
+    return flash_attn_func
 
 
 @torch.library.custom_op("duet::flash_attention_4", mutates_args=())
 def _flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """FlashAttention-4's forward (the optional `flash-attn-4` package: CuTe kernels for Hopper and Blackwell, compiled
-    on first use). An opaque op to torch.compile, so compiled blocks keep it in their graph."""
-    try:
-        from flash_attn.cute.interface import flash_attn_func
-    except ImportError as error:
-        raise RuntimeError(FA4_MISSING) from error
-    out, _ = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # it takes [B, L, H, d]
+    """FlashAttention-4's forward (CuTe kernels for Hopper and Blackwell, compiled on first use). An opaque op to
+    torch.compile, so compiled blocks keep it in their graph."""
+    out, _ = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # it takes [B, L, H, d]
     return out.transpose(1, 2)
 
 
@@ -80,6 +73,18 @@ def register_attention_backend(name: str, fn: AttentionFn) -> None:
 
 def attention_backends() -> tuple[str, ...]:
     return tuple(_BACKENDS)
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why `backend` cannot run in this process (an optional package missing), or None: asked before any model loads,
+    not at the first forward."""
+    if backend != "fa4":  # the others are PyTorch's own
+        return None
+    try:
+        _flash_attn_func()
+    except RuntimeError as error:
+        return str(error)
+    return None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = DEFAULT_BACKEND) -> torch.Tensor:
