@@ -91,7 +91,7 @@ def join_uneven(
     equal shapes: each piece is padded to the longest, then trimmed back."""
     shape = list(piece.shape)
     shape[dim] = max(sizes) - piece.shape[dim]
-    padded = torch.cat([piece, piece.new_zeros(shape)], dim=dim).contiguous()
+    padded = torch.cat([piece, piece.new_zeros(shape)], dim=dim) if shape[dim] else piece.contiguous()
     return torch.cat([whole.narrow(dim, 0, size) for whole, size in zip(all_gather(padded), sizes, strict=True)], dim)
 
 
