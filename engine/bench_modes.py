@@ -12,7 +12,8 @@ denoise time, TeaCache's computed/skipped block passes, peak memory, and the rel
 against the exact mode, ‖x − x_exact‖ / ‖x_exact‖.
 
 Modes: `exact` (3 guidance passes, model dtype), `teacache` (the reference's TeaCache, polynomial of the size
-bucket, `--teacache-threshold`), `fp8` (engine.quantize's FP8 linears, exact sampler), `fp8+teacache`, `distilled`
+bucket, `--teacache-threshold`), `fp8` (engine.quantize's FP8 linears, exact sampler), `fp8attn` (every attention
+on `--fp8-attention`, FlashAttention-3 on float8 inputs by default), `fp8+fp8attn`, `fp8+teacache`, `distilled`
 (2 passes: text scale 1, `--distilled-steps` steps, the bucket's shift like every mode where the LoRA recipes use 2;
 compared with the exact sampler at the same step count, which this benchmark then also runs), `fp8+distilled`. A
 mode joins its switches with "+". The FP8 swap is irreversible, so the model-dtype modes run first.
@@ -36,7 +37,8 @@ import datetime as dt
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -54,7 +56,9 @@ from engine.quantize import quantize_dit_fp8, relative_error
 from engine.sampling import FlowMatchEulerScheduler, default_shift, initial_noise, make_generator, sample_chunk
 from engine.stages.render import DiTVelocity
 
-MODES = ("exact", "teacache", "fp8", "fp8+teacache", "distilled", "fp8+distilled")
+MODES = ("exact", "teacache", "fp8", "fp8attn", "fp8+fp8attn", "fp8+teacache", "distilled", "fp8+distilled")
+FP8_ATTENTION = "fa3_fp8"
+_BACKEND_ATTRIBUTES = ("attention_backend", "local_attention_backend", "local_backend")  # the DiT's, UlyssesAttention's
 SEED = 42
 EXACT_GUIDANCE = GuidanceConfig()  # the reference CLI's text 5, audio 4: 3 passes
 DISTILLED_GUIDANCE = GuidanceConfig(text_scale=1.0)  # 2 passes, as the step-distilled LoRAs run
@@ -165,6 +169,23 @@ class ModeBench:
         return round(_max_over_ranks(torch.cuda.max_memory_allocated(self.device)) / 2**30, 2)
 
 
+@contextmanager
+def attention_swapped(runner: MultiTalkDiT | SequenceParallelDiT, backend: str) -> Iterator[None]:
+    """Inside, every attention of `runner` that ran on the model's configured backend runs on `backend` (Ulysses'
+    exchange stays; its local kernel changes). Compiled blocks recompile for it."""
+    exact = runner.config.attention_backend
+    holders = [*runner.modules(), getattr(runner, "ulysses", None)]
+    swapped = [(holder, name) for holder in holders for name in _BACKEND_ATTRIBUTES
+               if getattr(holder, name, None) == exact]  # fmt: skip
+    for holder, name in swapped:
+        setattr(holder, name, backend)
+    try:
+        yield
+    finally:
+        for holder, name in swapped:
+            setattr(holder, name, exact)
+
+
 def _result(bench: ModeBench, mode: str, run: SamplerRun, guidance: GuidanceConfig, reference: SamplerRun,
             reference_name: str) -> ModeResult:
     steps, passes = len(run.step_s), len(guidance.branches)
@@ -194,6 +215,7 @@ def bench_modes(
     steps: int,
     distilled_steps: int = 4,
     teacache_threshold: float = 0.2,
+    fp8_attention: str = FP8_ATTENTION,
     warmup: int = 1,
 ) -> list[ModeResult]:
     """Run every mode in `modes` (and the exact references they need) -> one result per mode, exact first.
@@ -211,7 +233,7 @@ def bench_modes(
         references[distilled_steps] = bench.run(EXACT_GUIDANCE, distilled_steps)
     results: dict[str, ModeResult] = {}
     is_quantized = False
-    for mode in sorted(dict.fromkeys(["exact", *modes]), key=lambda m: "fp8" in m):  # stable: bf16 modes first
+    for mode in sorted(dict.fromkeys(["exact", *modes]), key=lambda m: "fp8" in m.split("+")):  # bf16 GEMMs first
         switches = set(mode.split("+"))
         if "fp8" in switches and not is_quantized:
             quantize_dit_fp8(model)
@@ -221,7 +243,11 @@ def bench_modes(
         mode_steps = distilled_steps if is_distilled else steps
         reference = references[mode_steps]
         threshold = teacache_threshold if "teacache" in switches else None
-        run = reference if mode == "exact" else bench.run(guidance, mode_steps, threshold)
+        if mode == "exact":
+            run = reference
+        else:
+            with attention_swapped(runner, fp8_attention) if "fp8attn" in switches else nullcontext():
+                run = bench.run(guidance, mode_steps, threshold)
         results[mode] = _result(bench, mode, run, guidance, reference, f"exact, {mode_steps} steps")
     return [results[mode] for mode in dict.fromkeys(["exact", *modes])]
 
@@ -270,6 +296,7 @@ def main() -> None:
     parser.add_argument("--teacache-threshold", type=float, default=0.2, help="the reference's --teacache_thresh")
     parser.add_argument("--warmup", type=int, default=1, help="untimed sampler steps before each mode")
     parser.add_argument("--attention", default="sdpa", help=f"one of the registered backends: {attention_backends()}")
+    parser.add_argument("--fp8-attention", default=FP8_ATTENTION, help="the fp8attn modes' attention backend")
     parser.add_argument("--layers", type=int, default=None, help="fewer blocks (quick checks)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (engine.acceleration)")
     parser.add_argument("--tiny", action="store_true", help="the tiny DiT in fp32 on the CPU (plumbing checks)")
@@ -295,7 +322,8 @@ def _measure_and_report(args: argparse.Namespace, groups: ProcessGroups) -> None
     runner = SequenceParallelDiT(model, groups.world) if groups.is_distributed else model
     results = bench_modes(
         model, runner, args.modes, size=args.size, frames=args.frames, steps=args.steps,
-        distilled_steps=args.distilled_steps, teacache_threshold=args.teacache_threshold, warmup=args.warmup,
+        distilled_steps=args.distilled_steps, teacache_threshold=args.teacache_threshold,
+        fp8_attention=args.fp8_attention, warmup=args.warmup,
     )
     if not groups.is_leader:
         return

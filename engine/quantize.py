@@ -23,10 +23,9 @@ Order at load: load the state dict and merge LoRAs first, then quantize, then `c
 original weights layer by layer. Do not cast the model afterwards (`.to(dtype)` would turn float8 weights back into
 bf16 ones) and do not shard it with FSDP: 19 GB of FP8 blocks fit one GPU, which is the point.
 
-FP8 attention is not here: PyTorch exposes no FP8 scaled-dot-product-attention kernel (cuDNN's FP8 SDPA is not
-reachable through `F.scaled_dot_product_attention`), and attention is 67 % of a forward's FLOPs at 960×960, so the
-GEMMs alone bring little there (measured 1.07× per step at 960×960, 1.13× at 640×640). An 8-bit attention needs an
-outside kernel (SageAttention, FA3-fp8) registered as an attention backend (engine/models/attention.py).
+FP8 attention is not here but an attention backend, `fa3_fp8` (engine/models/attention.py): PyTorch exposes no FP8
+scaled-dot-product-attention kernel, and attention is 67 % of a forward's FLOPs at 960×960, so the GEMMs alone bring
+little there (measured 1.07× per step at 960×960, 1.13× at 640×640).
 
 `python -m engine.quantize --selfcheck` checks the CUDA path on a GPU (errors and GEMM speed; see `main`).
 """
@@ -44,10 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.attention import FP8_DTYPE, FP8_MAX
 from engine.models.dit import DiTConfig, MultiTalkDiT
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
 _MIN_AMAX = 1e-12  # an all-zero row keeps a finite scale (its values quantize to 0 either way)
 
 

@@ -430,7 +430,8 @@ def check_weights(settings: Settings, preset_name: str | None, weights_dir: Path
 @click.option("--time_limit_s", type=float, default=None, help="Per-job limit; default [queue] job_timeout_s.")
 @click.option("--worker_name", default=None, help="Name in `duet queue workers`; default host-pid.")
 @click.option("--attention", type=click.Choice(attention_backends()), default=None,
-              help=f"DiT attention kernel; default the preset's ({DEFAULT_BACKEND}). cudnn, flash and fa4 need CUDA.")
+              help=f"DiT attention kernel; default the preset's ({DEFAULT_BACKEND}). cudnn, flash and fa4 need CUDA; "
+              "fa3 and fa3_fp8 (float8, not exact) a Hopper GPU.")
 @click.option("--compile", "compile_dit", is_flag=True,
               help="torch.compile the DiT's blocks: faster steps on GPUs after one compilation per input shape.")
 @click.option("--check", is_flag=True, help="Only check that the preset's weight files exist; say what would load.")

@@ -16,10 +16,23 @@ from engine import bench_modes
 from engine.bench import build_model
 from engine.bench_modes import MODES, append_markdown, slow_time_response
 from engine.cache import WARMUP_STEPS
+from engine.models.attention import _per_head_fp8, register_attention_backend
 from engine.models.dit import DiTConfig
 from engine.quantize import FP8Linear
 
 STEPS = WARMUP_STEPS + 2  # TeaCache computes every branch's first 5 steps; the rest may be skipped
+EMULATED_FP8 = "emulated_fp8"
+fp8_attention_calls = []
+
+
+def emulated_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FA3's float8 attention on the CPU: inputs rounded to float8 per head, then exact attention."""
+    fp8_attention_calls.append(q.shape)
+    q, k, v = (x8.to(x.dtype) * scale[:, :, None, None] for x, (x8, scale) in ((t, _per_head_fp8(t)) for t in (q, k, v)))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+register_attention_backend(EMULATED_FP8, emulated_fp8_attention)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +41,9 @@ def tiny_results():
     slow_time_response(model)
     # A threshold far above the reference's 0.2: the tiny model at 7 steps moves its modulation too much for 0.2.
     results = bench_modes.bench_modes(
-        model, model, MODES, size=64, frames=5, steps=STEPS, distilled_steps=3, teacache_threshold=1e9, warmup=0
-    )
+        model, model, MODES, size=64, frames=5, steps=STEPS, distilled_steps=3, teacache_threshold=1e9,
+        fp8_attention=EMULATED_FP8, warmup=0,
+    )  # fmt: skip
     return model, {r.mode: r for r in results}
 
 
@@ -52,6 +66,19 @@ def test_fp8_deviates_a_little_and_quantized_the_model(tiny_results):
     assert 1e-5 < results["fp8"].relative_error < 0.05
     assert results["fp8"].blocks_skipped == 0
     assert isinstance(model.blocks[0].ffn[0], FP8Linear)  # the FP8 modes ran on the swapped model
+
+
+def test_fp8_attention_runs_only_in_its_modes_and_deviates_a_little(tiny_results):
+    model, results = tiny_results
+    assert 1e-5 < results["fp8attn"].relative_error < 0.1
+    assert results["fp8+fp8attn"].relative_error > 1e-5
+    # per block pass at least self-attention, image and text cross-attention, audio cross-attention (with two
+    # speakers also the reference map), in those modes only (the warm-up is off)
+    passes = sum(results[mode].steps * results[mode].passes for mode in ("fp8attn", "fp8+fp8attn"))
+    assert 4 * model.config.num_layers * passes <= len(fp8_attention_calls) <= 5 * model.config.num_layers * passes
+    backends = {getattr(module, name) for module in model.modules() for name in ("attention_backend",
+                "local_attention_backend") if hasattr(module, name)}  # fmt: skip
+    assert backends == {model.config.attention_backend}  # restored for the modes after it
 
 
 def test_teacache_skips_block_passes_and_changes_the_result(tiny_results):

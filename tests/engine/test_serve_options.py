@@ -107,11 +107,15 @@ def test_the_command_line_fills_the_low_memory_options(monkeypatch):
     assert (seen[0].persistent_dit_params, seen[0].offload_model, seen[0].t5_cpu, seen[0].fp8) == (7e9, True, True, False)
 
 
-def test_fa4_without_its_package_is_refused_before_loading(monkeypatch):
+@pytest.mark.parametrize(
+    ("backend", "module", "install"),
+    [("fa4", "flash_attn.cute.interface", "duet[fa4]"), ("fa3_fp8", "flash_attn_interface", "tools/fa3_build.sh")],
+)
+def test_a_kernel_without_its_package_is_refused_before_loading(monkeypatch, backend, module, install):
     """Not at the first job's forward, minutes after the models loaded: at the command line, saying what to install."""
-    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", None)  # the import fails, as without the package
-    monkeypatch.setattr(serve, "serve", lambda opts: pytest.fail("served without the fa4 package"))
-    refused = CliRunner().invoke(serve.main, ["--preset", "tiny", "--attention", "fa4"])
-    assert refused.exit_code == 2 and "duet[fa4]" in refused.output
-    with pytest.raises(ValueError, match="flash-attn-4"):
-        build_pipeline(options(attention="fa4"), Settings(), SINGLE)
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails, as without the package
+    monkeypatch.setattr(serve, "serve", lambda opts: pytest.fail(f"served without the {backend} package"))
+    refused = CliRunner().invoke(serve.main, ["--preset", "tiny", "--attention", backend])
+    assert refused.exit_code == 2 and install in refused.output
+    with pytest.raises(ValueError, match=install.replace("[", r"\[").replace("]", r"\]")):
+        build_pipeline(options(attention=backend), Settings(), SINGLE)

@@ -1,9 +1,10 @@
 """Self-attention kernels at the DiT's shapes on one GPU: speed and agreement with cuDNN's and an fp32 reference.
 
-The GPU-performance issue asks for a faster exact attention kernel than cuDNN's (FA3-class) on Hopper. This times
-each available kernel on the sequences the DiT attends over (81 frames: 75,600 tokens at 960×960, 33,600 at
-640×640; 40 heads of 128 on one GPU, 10 per rank on four), bf16, inputs in the token-major layout the projections
-produce, and compares outputs. Prints and writes JSON.
+The GPU-performance issue asks for a faster exact attention kernel than cuDNN's (FA3-class) on Hopper, and an FP8
+one. This times each available kernel on the sequences the DiT attends over (81 frames: 75,600 tokens at 960×960,
+33,600 at 640×640; 40 heads of 128 on one GPU, 10 per rank on four), bf16, inputs in the token-major layout the
+projections produce, and compares outputs (`fa3_fp8` includes its quantization of the inputs). Prints and writes
+JSON.
 
     python tools/device/attention_probe.py --out results.json
 """
@@ -60,6 +61,7 @@ def probe(tokens: int, heads: int, backends: list[str], repeats: int) -> list[di
             **row, "first_call_s": round(first_s, 2), "ms": round(ms, 2),
             "tflops": round(4 * tokens * tokens * heads * 128 / ms / 1e9, 1),
             "max_error_vs_fp32": float((out[:, :, :256].float() - exact).abs().max()),
+            "relative_error_vs_fp32": float((out[:, :, :256].float() - exact).norm() / exact.norm()),
             "max_error_vs_cudnn": float((out - outputs["cudnn"]).abs().max()) if "cudnn" in outputs else None,
         })  # fmt: skip
         print(json.dumps(results[-1]), flush=True)
@@ -68,7 +70,7 @@ def probe(tokens: int, heads: int, backends: list[str], repeats: int) -> list[di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["cudnn", "fa4"])
+    parser.add_argument("--backends", nargs="+", default=["cudnn", "fa4", "fa3", "fa3_fp8"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

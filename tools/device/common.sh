@@ -7,6 +7,9 @@ export PYTHONPATH=$PWD/.site:$PWD PYTHON=python3 PYTHONUNBUFFERED=1 DUET_CONFIG=
 if [ -d .site/_fa4 ]; then  # the optional fa4 attention backend (tools/fa4_pack.sh); the .pth that would add the
   export PYTHONPATH=$PWD/.site/_fa4:$PWD/.site/_fa4/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH  # DSL is not read here
 fi
+if [ -d .site/_fa3 ]; then  # the optional fa3 / fa3_fp8 attention backends (tools/fa3_build.sh)
+  export PYTHONPATH=$PWD/.site/_fa3:$PYTHONPATH
+fi
 mkdir -p "$OUT" var
 summary=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpus.csv"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# FlashAttention-3 on float8 inputs (`fa3_fp8`) against the exact kernels, on one GPU, one phase per call:
+#   probe   kernel rates and errors at the DiT's shapes: cuDNN, fa4 (when packed), fa3, fa3_fp8
+#   modes   the fast-modes benchmark at 960×960, 40 blocks, 2 steps: MODES (default "fp8attn") against exact
+#           (ATTENTION, default fa3), rows appended to docs/benchmarks.md
+# Needs .site/_fa3: carry the wheel of tools/fa3_build.sh and unpack it first, e.g. in the same call:
+#   python3 -m zipfile -e .fa3pack/flash_attn_3-*.whl .site/_fa3
+set -uo pipefail
+source "$(dirname "$0")/common.sh"
+phase=${1:?probe or modes}
+case $phase in
+  probe)
+    logged probe 500 python3 tools/device/attention_probe.py --backends cudnn fa4 fa3 fa3_fp8 --out "$OUT/probe.json"
+    ;;
+  modes)
+    logged modes 590 python3 -m engine.bench_modes --size 960 --steps 2 --compile \
+      --attention "${ATTENTION:-fa3}" --modes ${MODES:-fp8attn} --out "$OUT/modes.json" \
+      --markdown docs/benchmarks.md --note "40 blocks, 2 steps, FlashAttention-3"
+    cp docs/benchmarks.md "$OUT/"
+    ;;
+esac
+cat "$summary"
+bundle summary.txt benchmarks.md probe.json modes.json
