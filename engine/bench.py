@@ -31,6 +31,7 @@ from engine.models.attention import attention_backends
 from engine.models.dit import DiTConfig, MultiTalkDiT
 from engine.parallel.groups import ProcessGroups, joined_groups
 from engine.parallel.sequence import SequenceParallelDiT
+from engine.quantize import FP8Linear, quantize_dit_fp8
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
@@ -59,6 +60,7 @@ class StepResult:
     passes: int
     attention: str
     compiled: bool
+    fp8: bool  # the blocks' linears in float8 (engine.quantize)
     step_s_median: float
     step_s_all: tuple[float, ...]
     forward_pflop: float
@@ -156,6 +158,7 @@ def bench_steps(
         passes=passes,
         attention=config.attention_backend,
         compiled=is_compiled(model),
+        fp8=any(isinstance(module, FP8Linear) for module in model.modules()),
         step_s_median=round(median, 3),
         step_s_all=tuple(round(t, 3) for t in timings),
         forward_pflop=round(flops / 1e15, 3),
@@ -273,7 +276,8 @@ def append_markdown(path: Path, results: list[StepResult], *, gpus: int, note: s
     for r in results:
         mfu = f"{r.mfu:.0%}" if r.mfu is not None else "-"
         rows.append(
-            f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention}{' +compile' if r.compiled else ''} "
+            f"| {today} | {commit} | {gpu} | {gpus} | {r.size}×{r.size} | {r.frames} | {r.passes} | {r.attention}{' +compile' if r.compiled else ''}"
+            f"{' +fp8' if r.fp8 else ''} "
             f"| {r.step_s_median:.2f} | {r.achieved_tflops:.0f} | {mfu} | {r.peak_memory_gib:.1f} | {note} |"
         )
     insert_table_rows(path, rows, header=STEP_TABLE_HEADER, title="## Seconds per step (`python -m engine.bench`)",
@@ -295,6 +299,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile one forward per size instead of timing steps (every rank under torchrun)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (engine.acceleration)")
+    parser.add_argument("--fp8", action="store_true", help="the blocks' linears in float8 (engine.quantize)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine.bench measures GPUs: no CUDA device is visible")
@@ -311,6 +316,8 @@ def _measure_and_report(args: argparse.Namespace, groups: ProcessGroups) -> None
     model = build_model(config, device, torch.bfloat16)
     if leader:
         print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {time.perf_counter() - started:.1f} s")
+    if args.fp8:
+        quantize_dit_fp8(model)
     if args.compile:
         compile_blocks(model)
     runner = SequenceParallelDiT(model, groups.world) if groups.is_distributed else model
