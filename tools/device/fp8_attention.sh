@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # FlashAttention-3 on float8 inputs (`fa3_fp8`) against the exact kernels, on one GPU, one phase per call:
 #   probe   kernel rates and errors at the DiT's shapes: cuDNN, fa4 (when packed), fa3, fa3_fp8
+#   profile a 960×960 forward's GPU time per kernel class (8 blocks): exact fa3, then fa3_fp8 with FP8 GEMMs
+#   steps   seconds per step with exact fa3 at 640×640 and 960×960 (40 blocks), rows appended to docs/benchmarks.md
 #   modes   the fast-modes benchmark at 960×960, 40 blocks, 2 steps: MODES (default "fp8attn") against exact
 #           (ATTENTION, default fa3), rows appended to docs/benchmarks.md
 # Needs .site/_fa3: carry the wheel of tools/fa3_build.sh and unpack it first, e.g. in the same call:
@@ -12,6 +14,22 @@ case $phase in
   probe)
     logged probe 500 python3 tools/device/attention_probe.py --backends cudnn fa4 fa3 fa3_fp8 --out "$OUT/probe.json"
     ;;
+  profile)
+    profile=(-m engine.bench --profile --sizes 960 --layers 8 --compile)
+    logged profile_fa3 200 python3 "${profile[@]}" --attention fa3 --out "$OUT/profile_fa3.json"
+    logged profile_fp8 200 python3 "${profile[@]}" --attention fa3_fp8 --fp8 --out "$OUT/profile_fp8.json"
+    python3 - "$OUT"/profile_*.json >> "$summary" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    for result in json.load(open(path)):
+        print(path.rsplit("/", 1)[-1], result["size"], result["gpu_ms_total"], "ms", result["share_by_class"])
+PY
+    ;;
+  steps)
+    logged steps 590 python3 -m engine.bench --sizes 640 960 --compile --attention fa3 --out "$OUT/steps.json" \
+      --markdown docs/benchmarks.md --note "FlashAttention-3"
+    cp docs/benchmarks.md "$OUT/"
+    ;;
   modes)
     logged modes 590 python3 -m engine.bench_modes --size 960 --steps 2 --compile \
       --attention "${ATTENTION:-fa3}" --modes ${MODES:-fp8attn} --out "$OUT/modes.json" \
@@ -20,4 +38,4 @@ case $phase in
     ;;
 esac
 cat "$summary"
-bundle summary.txt benchmarks.md probe.json modes.json
+bundle summary.txt benchmarks.md probe.json modes.json steps.json
