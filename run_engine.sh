@@ -17,6 +17,10 @@
 #     --job_id ID               serve this one job, then exit (what `duet render` starts)
 #     --attention cudnn --compile   the fast path on H100/H200 (cuDNN attention, compiled blocks): ~1.25x faster
 #     --attention fa4 --compile     faster still (FlashAttention-4 kernels; pip install 'duet[fa4]'): 36.0 -> 31.9 s/step
+#                               on one H100, 8.5 s/step on four H200s (the best kernel for a rank's 10 heads)
+#     --attention fa3 --compile     FlashAttention-3 (Hopper; build it with tools/fa3_build.sh): 31.8 s/step on one H100
+#     --attention fa3_fp8 --fp8 --compile   float8 attention and GEMMs: 25.4 s/step on one H100, not exact (its
+#                               deviation from the exact result is in docs/benchmarks.md)
 #     --fp8                     FP8 matrix multiplies in the DiT (Ada/Hopper; with --compile; see docs/benchmarks.md)
 #     --dit_fsdp --t5_fsdp      shard the DiT's blocks / T5's layers over the processes (FSDP)
 #   low memory (one GPU of 24 GB; see engine/offload.py):
