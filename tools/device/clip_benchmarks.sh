@@ -4,12 +4,12 @@
 # --t5_cpu; GPU 2: the low-memory options) and the offload and FP8 selfchecks on GPU 3. Phase "four": the 4-step
 # distilled mode end to end on all four GPUs, FP8 and bf16 ("four-fp8": FP8 only). The tiny service over NCCL is
 # tools/device/tiny_service.sh.
-#   bash tools/device/clip_benchmarks.sh one|four|four-fp8
+#   [ATTENTION=fa4] bash tools/device/clip_benchmarks.sh one|four|four-fp8
 set -uo pipefail
 source tools/device/common.sh
 clip() {  # name, time limit, then the bench_clip command
   local name=$1 limit=$2; shift 2
-  logged "$name" "$limit" "$@" --preset full-random --size 960 --attention cudnn --out "$OUT/$name.json" \
+  logged "$name" "$limit" "$@" --preset full-random --size 960 --attention "${ATTENTION:-cudnn}" --out "$OUT/$name.json" \
     --markdown "$OUT/rows.$name.md" --note "$name"
 }
 case "${1:-}" in
