@@ -126,16 +126,24 @@ def joined_groups(collective_timeout_s: float = 600.0) -> Iterator[ProcessGroups
 
 
 def destroy_groups(groups: ProcessGroups) -> None:
-    """Leave the engine: meet the peers on the control group, then tear every group down.
+    """Leave the engine: tear every group down once the peers are done with them (`part_from_peers`)."""
+    if groups.is_distributed and dist.is_initialized():
+        part_from_peers()
 
-    The meeting is what keeps a rank alive: a gloo broadcast's root returns before its peers have read, and a root
-    that destroyed the group under them would abort them ("terminate called without an active exception"). A peer
-    that is already gone (killed, crashed) only delays the others by `FAREWELL_TIMEOUT`.
+
+def part_from_peers(timeout: timedelta = FAREWELL_TIMEOUT) -> None:
+    """Destroy the process groups once every rank has checked in on the rendezvous store, which outlives them.
+
+    A gloo collective can return on one rank while a peer still reads its last message (a broadcast's root returns
+    first, and so may a barrier's last sender); tearing the connections down under that peer aborts it ("terminate
+    called without an active exception"). Once every rank has checked in, no rank is inside a collective. A peer
+    that is already gone (killed, crashed) only delays the others by `timeout`.
     """
-    if not (groups.is_distributed and dist.is_initialized()):
-        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"duet/left/{rank}", "1")
     try:
-        dist.monitored_barrier(group=groups.control, timeout=FAREWELL_TIMEOUT)
-    except RuntimeError as error:  # a peer did not come: leave anyway
-        logger.warning("rank %d leaves without its peers: %s", groups.rank, str(error).splitlines()[0])
+        store.wait([f"duet/left/{peer}" for peer in range(world)], timeout)
+    except RuntimeError as error:  # a peer did not come (the store's timeout is a RuntimeError): leave anyway
+        logger.warning("rank %d leaves without its peers: %s", rank, str(error).splitlines()[0])
     dist.destroy_process_group()
