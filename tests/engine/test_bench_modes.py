@@ -28,8 +28,12 @@ fp8_attention_calls = []
 def emulated_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """FA3's float8 attention on the CPU: inputs rounded to float8 per head, then exact attention."""
     fp8_attention_calls.append(q.shape)
-    q, k, v = (x8.to(x.dtype) * scale[:, :, None, None] for x, (x8, scale) in ((t, _per_head_fp8(t)) for t in (q, k, v)))
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    def rounded(x: torch.Tensor) -> torch.Tensor:
+        x8, descale = _per_head_fp8(x)
+        return x8.to(x.dtype) * descale[:, :, None, None]
+
+    return torch.nn.functional.scaled_dot_product_attention(rounded(q), rounded(k), rounded(v))
 
 
 register_attention_backend(EMULATED_FP8, emulated_fp8_attention)
@@ -161,3 +165,30 @@ def test_fp8_under_two_sequence_parallel_ranks_matches_one_rank(tmp_path, monkey
     two, one = (json.loads(path.read_text()) for path in (two_ranks, one_rank))
     assert two["gpus"] == 2 and one["gpus"] == 1
     assert two["results"][1]["relative_error"] == pytest.approx(one["results"][1]["relative_error"], rel=1e-4)
+
+
+def test_the_fp8attn_switch_reaches_ulysses_local_kernel_and_is_undone():
+    """Under sequence parallelism the self-attention's backend is the Ulysses exchange, which must stay; the kernel
+    it runs on each rank's heads is what the switch changes, with every other attention of the blocks."""
+    import torch.distributed as dist
+
+    from engine.parallel.sequence import ULYSSES_BACKEND, SequenceParallelDiT
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this test process")
+    model = build_model(DiTConfig.tiny(), torch.device("cpu"), torch.float32)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        runner = SequenceParallelDiT(model, dist.group.WORLD)
+
+        def backends() -> tuple[str, str, str, str]:
+            block = model.blocks[0]
+            return (block.self_attn.attention_backend, runner.ulysses.local_backend,
+                    block.self_attn.local_attention_backend, block.audio_cross_attn.attention_backend)  # fmt: skip
+
+        assert backends() == (ULYSSES_BACKEND, "sdpa", "sdpa", "sdpa")
+        with bench_modes.attention_swapped(runner, EMULATED_FP8):
+            assert backends() == (ULYSSES_BACKEND, EMULATED_FP8, EMULATED_FP8, EMULATED_FP8)
+        assert backends() == (ULYSSES_BACKEND, "sdpa", "sdpa", "sdpa")
+    finally:
+        dist.destroy_process_group()
