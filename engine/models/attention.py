@@ -4,8 +4,8 @@ Every attention in the model files goes through `attention(q, k, v, backend=...)
 sequence-parallel wrapper (engine/parallel registers one) applies everywhere without touching the models. The
 built-in backends are PyTorch's `scaled_dot_product_attention`, which dispatches to FlashAttention / memory-efficient
 kernels on GPUs, and, where their optional packages are installed (imported on first use), FlashAttention-4 (`fa4`)
-and FlashAttention-3 (`fa3`, and `fa3_fp8`: the same kernel on float8 inputs, Hopper's fastest attention and not
-exact). Model files never import flash-attn, SageAttention or xfuser.
+and FlashAttention-3 (`fa3`, and `fa3_fp8`: its kernel on float8 inputs, the fastest on Hopper but not exact).
+Model files never import flash-attn, SageAttention or xfuser.
 """
 
 from __future__ import annotations
