@@ -47,6 +47,16 @@ for path in sys.argv[1:]:
 PY
 }
 
+profile_summary() {  # engine.bench --profile JSONs…: each rank's GPU time and share per kernel class, to the summary
+  python3 - "$@" >> "$summary" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    for result in json.load(open(path)):
+        print(path.rsplit("/", 1)[-1], result["size"], "rank", result.get("rank", 0), result["gpu_ms_total"], "ms",
+              result["share_by_class"])
+PY
+}
+
 bundle() {  # $OUT/* -> $OUT/results.tar.gz (plus the short summary files named, kept beside it)
   local keep=("$@") staging
   staging=$(mktemp -d)

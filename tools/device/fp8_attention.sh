@@ -9,21 +9,15 @@
 #   python3 -m zipfile -e .fa3pack/flash_attn_3-*.whl .site/_fa3
 set -uo pipefail
 source "$(dirname "$0")/common.sh"
-phase=${1:?probe or modes}
-case $phase in
+case ${1:-} in
   probe)
-    logged probe 500 python3 tools/device/attention_probe.py --backends cudnn fa4 fa3 fa3_fp8 --out "$OUT/probe.json"
+    logged probe 500 python3 tools/device/attention_probe.py --out "$OUT/probe.json"
     ;;
   profile)
     profile=(-m engine.bench --profile --sizes 960 --layers 8 --compile)
     logged profile_fa3 200 python3 "${profile[@]}" --attention fa3 --out "$OUT/profile_fa3.json"
     logged profile_fp8 200 python3 "${profile[@]}" --attention fa3_fp8 --fp8 --out "$OUT/profile_fp8.json"
-    python3 - "$OUT"/profile_*.json >> "$summary" <<'PY'
-import json, sys
-for path in sys.argv[1:]:
-    for result in json.load(open(path)):
-        print(path.rsplit("/", 1)[-1], result["size"], result["gpu_ms_total"], "ms", result["share_by_class"])
-PY
+    profile_summary "$OUT"/profile_*.json
     ;;
   steps)
     logged steps 590 python3 -m engine.bench --sizes 640 960 --compile --attention fa3 --out "$OUT/steps.json" \
@@ -36,6 +30,7 @@ PY
       --markdown docs/benchmarks.md --note "40 blocks, 2 steps, FlashAttention-3"
     cp docs/benchmarks.md "$OUT/"
     ;;
+  *) echo "usage: $0 probe|profile|steps|modes" >&2; exit 2 ;;
 esac
 cat "$summary"
 bundle summary.txt benchmarks.md probe.json modes.json steps.json

@@ -8,12 +8,6 @@ source tools/device/common.sh
 profile=(-m engine.bench --profile --sizes 960 640 --layers 8 --attention "${ATTENTION:-cudnn}" --compile)
 CUDA_VISIBLE_DEVICES=0 logged profile_1gpu 300 python3 "${profile[@]}" --out "$OUT/profile_1gpu.json"
 logged profile_4gpus 300 torchrun --standalone --nproc_per_node=4 "${profile[@]}" --out "$OUT/profile_4gpus.json"
-python3 - "$OUT"/profile_*.json >> "$summary" <<'PY'
-import json, sys
-for path in sys.argv[1:]:
-    for result in json.load(open(path)):
-        print(path.rsplit("/", 1)[-1], result["size"], "rank", result.get("rank", 0), result["gpu_ms_total"], "ms",
-              result["share_by_class"])
-PY
+profile_summary "$OUT"/profile_*.json
 bundle summary.txt
 cat "$summary"
